@@ -1,0 +1,1 @@
+"""zarrforge storage: every byte on disk — lazy sources, training stores, provenance and the ledger."""

@@ -1,0 +1,1 @@
+"""zarrforge torch_bridge."""
