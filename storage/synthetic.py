@@ -80,8 +80,10 @@ def make_micrograph(
     signal[y0:y1, x0:x1] *= 1.0 - 0.6 * np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * br * br))
     # Shot noise around a detector offset, continuous like a dose-weighted sum.
     counts = 80.0 * signal
-    noisy = 6700.0 + counts + np.sqrt(np.maximum(counts, 1.0)) * rng.standard_normal(
-        (height, width), dtype=np.float32
+    noisy = (
+        6700.0
+        + counts
+        + np.sqrt(np.maximum(counts, 1.0)) * rng.standard_normal((height, width), dtype=np.float32)
     )
     return noisy.astype(dtype), centres
 

@@ -1,0 +1,458 @@
+"""Training stores: one Zarr v3 group whose arrays share a leading ``sample`` axis, written block by block.
+
+Layout of ``train.zarr`` (see the README for the public part)::
+
+    zarr.json              group; attrs["zarrforge"] = provenance, fingerprint, progress
+    patches/ ...           arrays, chunked and sharded on the sample axis only, dimension_names set
+    source_index/ ...
+    .zarrforge/zarr.json   a hidden group that xarray ignores, holding
+    .zarrforge/ledger/     uint8 array (block,), one chunk file per block: 1 once the block is fully written
+    .zarrforge/write.lock  held by the one process writing the store
+
+A block is one shard of every array, so each write task owns whole shards. A block is marked in the ledger only
+after all of its shards are written (zarr writes each shard to a temporary file and renames it), so a block is
+either done or redone, never half-counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from filelock import FileLock, Timeout
+
+from .codecs import DEFAULT_CODEC, compressors
+from .errors import StoreError, StoreExistsError, StoreLockedError, StoreMismatchError
+from .layout import Block, SampleGrid, plan_blocks
+from .provenance import diff_keys, fingerprint, json_clean, package_versions, utc_now
+
+__all__ = ["FORMAT_VERSION", "ArraySpec", "TrainingStore", "is_training_store"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_META = ".zarrforge"
+_LEDGER = "ledger"
+_LOCK = "write.lock"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a training store: its name, dims (``sample`` first), full shape, dtype and CF attrs."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.dims) != len(self.shape):
+            raise ValueError(
+                f"array {self.name!r}: dims {self.dims} do not match shape {self.shape}"
+            )
+        if not self.dims or self.dims[0] != "sample":
+            raise ValueError(
+                f"array {self.name!r}: the first dim must be 'sample', got {self.dims}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-clean description, part of the store's fingerprint."""
+        return {
+            "dims": list(self.dims),
+            "shape": list(self.shape),
+            "dtype": np.dtype(self.dtype).str,
+        }
+
+
+def is_training_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a zarrforge training store (finished or not)."""
+    return (Path(path) / _META).is_dir()
+
+
+def _dir_is_empty(path: Path) -> bool:
+    return not any(path.iterdir())
+
+
+class TrainingStore:
+    """A zarrforge training store on local disk.
+
+    Instances pickle as their path alone, so a store can be handed to Dask workers, which open arrays lazily.
+    Use :meth:`open_for_writing` to create or resume a store (it takes the writer lock) and :meth:`open` to
+    read one.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from storage.layout import SampleGrid
+    >>> spec = ArraySpec("x", ("sample", "v"), (5, 3), np.dtype("float32"))
+    >>> path = tempfile.mkdtemp() + "/demo.zarr"
+    >>> with TrainingStore.open_for_writing(path, [spec], grid=SampleGrid(2, 4),
+    ...                                    record={"pipeline": "doc"}) as store:
+    ...     for block in store.blocks():
+    ...         _ = store.write_block(block, {"x": np.ones((block.size, 3), "float32")})
+    ...     store.finalize()
+    >>> TrainingStore.open(path).progress()
+    (2, 2)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._arrays: dict[str, Any] = {}
+        self._ledger: Any = None
+        self._lock: FileLock | None = None
+
+    # Pickle as the path alone: no zarr handles or locks travel to workers.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"TrainingStore({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> TrainingStore:
+        """Open an existing store for reading; raise :class:`StoreError` if ``path`` is not one."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"{path}: no such store")
+        if not is_training_store(path):
+            raise StoreError(f"{path}: not a zarrforge training store (no {_META} folder)")
+        return cls(path)
+
+    @classmethod
+    def open_for_writing(
+        cls,
+        path: str | os.PathLike[str],
+        arrays: Sequence[ArraySpec],
+        *,
+        grid: SampleGrid,
+        record: Mapping[str, Any],
+        codec: str = DEFAULT_CODEC,
+        level: int | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> TrainingStore:
+        """Create a store, or reopen an unfinished one made with the same parameters, and lock it.
+
+        Parameters
+        ----------
+        path : path
+            The store (a directory). It may not exist yet, or be an empty directory.
+        arrays : sequence of ArraySpec
+            The arrays; all share the leading ``sample`` axis.
+        grid : SampleGrid
+            Samples per chunk and per shard (one shard = one write block).
+        record : mapping
+            What makes the content: ``pipeline``, ``parameters``, ``seed``, ``sources``. Stored in the group
+            attrs and hashed, with the layout, into the fingerprint that decides whether a re-run may resume.
+        codec, level : str, int
+            Compression (see :func:`storage.codecs.compressors`).
+        attrs : mapping, optional
+            Further group attributes (``title``, ...).
+        overwrite : bool
+            Replace a zarrforge store made with other parameters instead of refusing.
+
+        Returns
+        -------
+        TrainingStore
+            Holding the writer lock until :meth:`close` (or the end of a ``with`` block).
+
+        Raises
+        ------
+        StoreExistsError
+            ``path`` exists and is not a zarrforge store (nothing is touched).
+        StoreMismatchError
+            ``path`` is a store made with other parameters and ``overwrite`` is false.
+        StoreLockedError
+            Another process is writing the store.
+        """
+        path = Path(path)
+        n_samples = _common_samples(arrays)
+        content = {
+            **json_clean(dict(record)),
+            "arrays": {a.name: a.describe() for a in arrays},
+            "grid": {"chunk_samples": grid.chunk_samples, "shard_samples": grid.shard_samples},
+            "codec": {"name": codec, "level": level},
+        }
+        fp = fingerprint(content)
+
+        if path.exists() and not path.is_dir():
+            raise StoreExistsError(
+                f"{path}: exists and is a file, not a store; choose another output"
+            )
+        if path.is_dir() and not is_training_store(path) and not _dir_is_empty(path):
+            raise StoreExistsError(
+                f"{path}: exists and is not a zarrforge store; choose another output or remove it"
+            )
+        (path / _META).mkdir(parents=True, exist_ok=True)
+        store = cls(path)
+        store._acquire_lock()
+        try:
+            existing = store._read_attrs()
+            if existing is not None and existing.get("fingerprint") == fp:
+                log.info("resuming %s (%d of %d blocks done)", path, *store.progress())
+                store._remove_partial_files()
+                return store
+            if existing is not None and not overwrite:
+                changes = diff_keys(existing.get("content", {}), content) or ["layout"]
+                raise StoreMismatchError(
+                    f"{path} was made with other parameters ({'; '.join(changes[:3])}); "
+                    "pass --overwrite to replace it"
+                )
+            store._clear()
+            store._create(arrays, grid, n_samples, codec, level, content, fp, attrs or {})
+            return store
+        except BaseException:
+            store.close()
+            raise
+
+    def _acquire_lock(self) -> None:
+        lock = FileLock(self.path / _META / _LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreLockedError(
+                f"{self.path} is being written by another process (lock {self.path / _META / _LOCK}); "
+                "wait for it to finish"
+            ) from None
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the writer lock (if held)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> TrainingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- creation
+    def _clear(self) -> None:
+        """Remove everything but our lock file (we hold it)."""
+        for child in self.path.iterdir():
+            if child.name == _META:
+                for meta_child in child.iterdir():
+                    if meta_child.name != _LOCK:
+                        _remove(meta_child)
+            else:
+                _remove(child)
+
+    def _create(
+        self,
+        arrays: Sequence[ArraySpec],
+        grid: SampleGrid,
+        n_samples: int,
+        codec: str,
+        level: int | None,
+        content: dict[str, Any],
+        fp: str,
+        attrs: Mapping[str, Any],
+    ) -> None:
+        n_blocks = len(plan_blocks(n_samples, grid.shard_samples))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            **{
+                k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content
+            },
+            "versions": package_versions(),
+            "created": utc_now(),
+            "fingerprint": fp,
+            "n_samples": n_samples,
+            "n_blocks": n_blocks,
+            "complete": False,
+            "content": content,
+        }
+        group = zarr.create_group(
+            store=str(self.path), attributes={**json_clean(dict(attrs)), "zarrforge": meta}
+        )
+        for spec in arrays:
+            rest = tuple(spec.shape[1:])
+            group.create_array(
+                spec.name,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                chunks=(grid.chunk_samples, *rest),
+                shards=(grid.shard_samples, *rest),
+                compressors=compressors(codec, level),
+                fill_value=0,
+                dimension_names=spec.dims,
+                attributes=json_clean(dict(spec.attrs)),
+                config={"write_empty_chunks": True},
+            )
+        hidden = group.create_group(_META, attributes={"description": "zarrforge run bookkeeping"})
+        hidden.create_array(
+            _LEDGER,
+            shape=(max(n_blocks, 1),),
+            chunks=(1,),
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
+            dimension_names=("block",),
+            attributes={"long_name": "1 once the block's shards are fully written"},
+        )
+
+    # ---------------------------------------------------------------- state
+    def _read_attrs(self) -> dict[str, Any] | None:
+        if not (self.path / "zarr.json").exists():
+            return None
+        try:
+            meta = zarr.open_group(str(self.path), mode="r").attrs.get("zarrforge")
+        except Exception:  # a torn root zarr.json: treat as not created
+            return None
+        return dict(meta) if isinstance(meta, Mapping) else None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's ``zarrforge`` provenance attributes."""
+        meta = self._read_attrs()
+        if meta is None:
+            raise StoreError(
+                f"{self.path}: the store was never fully created; re-run with --overwrite"
+            )
+        return meta
+
+    def blocks(self) -> list[Block]:
+        """All write blocks of the store, in order."""
+        meta = self.attrs
+        return plan_blocks(meta["n_samples"], meta["content"]["grid"]["shard_samples"])
+
+    def done_blocks(self) -> set[int]:
+        """Indices of the blocks whose shards are fully written."""
+        ledger = self._ledger_array()
+        return {int(i) for i in np.flatnonzero(ledger[:])}
+
+    def progress(self) -> tuple[int, int]:
+        """``(done, total)`` blocks."""
+        return len(self.done_blocks()), self.attrs["n_blocks"]
+
+    @property
+    def complete(self) -> bool:
+        """Whether a run finished and consolidated the store."""
+        return bool(self.attrs.get("complete"))
+
+    def _ledger_array(self) -> Any:
+        if self._ledger is None:
+            self._ledger = zarr.open_array(str(self.path / _META / _LEDGER), mode="r+")
+        return self._ledger
+
+    def array(self, name: str) -> Any:
+        """The zarr array ``name`` (opened once per process)."""
+        if name not in self._arrays:
+            self._arrays[name] = zarr.open_array(str(self.path / name), mode="r+")
+        return self._arrays[name]
+
+    # ---------------------------------------------------------------- writing
+    def write_block(self, block: Block, data: Mapping[str, np.ndarray]) -> int:
+        """Write one block of every array, then mark it done in the ledger.
+
+        Parameters
+        ----------
+        block : Block
+            Which samples (one shard of every array).
+        data : mapping of str to numpy.ndarray
+            One array per store array, each of ``block.size`` samples.
+
+        Returns
+        -------
+        int
+            Decoded bytes written.
+        """
+        nbytes = 0
+        for name, values in data.items():
+            target = self.array(name)
+            expected = (block.size, *target.shape[1:])
+            if values.shape != expected:
+                raise StoreError(
+                    f"{self.path}: block {block.index} of {name!r} has shape {values.shape}, "
+                    f"expected {expected}"
+                )
+            target[block.start : block.stop] = values
+            nbytes += values.nbytes
+        self._ledger_array()[block.index] = 1
+        return nbytes
+
+    def finalize(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Mark the run complete, record its summary and consolidate the metadata once."""
+        done, total = self.progress()
+        if done != total:
+            raise StoreError(
+                f"{self.path}: cannot finalize, only {done} of {total} blocks are written"
+            )
+        group = zarr.open_group(str(self.path), mode="r+")
+        meta = dict(group.attrs["zarrforge"])
+        meta.update(complete=True, finished=utc_now(), summary=json_clean(dict(summary or {})))
+        group.attrs["zarrforge"] = meta
+        self._remove_partial_files()
+        lock = self.path / _META / _LOCK
+        with warnings.catch_warnings():
+            # Consolidated metadata is outside the v3 spec (zarr warns), and our lock file is not a zarr node.
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path))
+        log.debug("consolidated %s (lock %s)", self.path, lock)
+
+    def _remove_partial_files(self) -> None:
+        """Delete temporary files left by a writer that was killed mid-write (zarr writes ``*.partial``)."""
+        for partial in self.path.rglob("*.partial"):
+            partial.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- reporting
+    def nbytes_on_disk(self) -> int:
+        """Bytes of all files of the store."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def describe(self) -> dict[str, Any]:
+        """Arrays (shape, dtype, dims, chunks, shards, codecs), size on disk, progress and provenance."""
+        arrays = {}
+        group = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+        for name, arr in sorted(group.arrays()):
+            meta = arr.metadata
+            codecs = [type(c).__name__ for c in getattr(arr, "compressors", ())]
+            arrays[name] = {
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "dims": list(meta.dimension_names or ()),
+                "chunks": list(arr.chunks),
+                "shards": list(arr.shards) if arr.shards else None,
+                "codecs": codecs,
+                "nbytes": int(arr.nbytes),
+            }
+        done, total = self.progress()
+        return {
+            "path": str(self.path),
+            "arrays": arrays,
+            "nbytes_on_disk": self.nbytes_on_disk(),
+            "blocks_done": done,
+            "blocks_total": total,
+            "zarrforge": {k: v for k, v in self.attrs.items() if k != "content"},
+        }
+
+
+def _common_samples(arrays: Sequence[ArraySpec]) -> int:
+    if not arrays:
+        raise ValueError("a training store needs at least one array")
+    sizes = {a.shape[0] for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"arrays disagree on the number of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
