@@ -43,9 +43,7 @@ def compressors(codec: str = DEFAULT_CODEC, level: int | None = None) -> list[An
     ['ZstdCodec', 'Crc32cCodec']
     """
     if codec == "blosc-lz4":
-        chain: list[Any] = [
-            BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="shuffle")
-        ]
+        chain: list[Any] = [BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="shuffle")]
     elif codec == "blosc-zstd":
         chain = [BloscCodec(cname="zstd", clevel=3 if level is None else level, shuffle="shuffle")]
     elif codec == "zstd":

@@ -48,9 +48,7 @@ class Block:
         return self.stop - self.start
 
 
-def sample_grid(
-    sample_nbytes: int, *, chunk_bytes: int = 4 * MiB, shard_bytes: int = 128 * MiB
-) -> SampleGrid:
+def sample_grid(sample_nbytes: int, *, chunk_bytes: int = 4 * MiB, shard_bytes: int = 128 * MiB) -> SampleGrid:
     """Choose chunk and shard sizes, in samples, for samples of ``sample_nbytes`` bytes.
 
     A chunk holds as many whole samples as fit in ``chunk_bytes`` (at least one); a shard holds as many whole
@@ -77,9 +75,7 @@ def sample_grid(
     if sample_nbytes < 1:
         raise ValueError(f"sample_nbytes must be >= 1, got {sample_nbytes}")
     if chunk_bytes < 1 or shard_bytes < 1:
-        raise ValueError(
-            f"chunk_bytes and shard_bytes must be >= 1, got {chunk_bytes}, {shard_bytes}"
-        )
+        raise ValueError(f"chunk_bytes and shard_bytes must be >= 1, got {chunk_bytes}, {shard_bytes}")
     chunk_samples = max(1, chunk_bytes // sample_nbytes)
     chunks_per_shard = max(1, shard_bytes // (chunk_samples * sample_nbytes))
     return SampleGrid(chunk_samples, chunk_samples * chunks_per_shard)
@@ -96,9 +92,7 @@ def plan_blocks(n_samples: int, shard_samples: int) -> list[Block]:
     []
     """
     if n_samples < 0 or shard_samples < 1:
-        raise ValueError(
-            f"need n_samples >= 0 and shard_samples >= 1, got {n_samples}, {shard_samples}"
-        )
+        raise ValueError(f"need n_samples >= 0 and shard_samples >= 1, got {n_samples}, {shard_samples}")
     return [
         Block(i, start, min(start + shard_samples, n_samples))
         for i, start in enumerate(range(0, n_samples, shard_samples))

@@ -56,13 +56,9 @@ class ArraySpec:
 
     def __post_init__(self) -> None:
         if len(self.dims) != len(self.shape):
-            raise ValueError(
-                f"array {self.name!r}: dims {self.dims} do not match shape {self.shape}"
-            )
+            raise ValueError(f"array {self.name!r}: dims {self.dims} do not match shape {self.shape}")
         if not self.dims or self.dims[0] != "sample":
-            raise ValueError(
-                f"array {self.name!r}: the first dim must be 'sample', got {self.dims}"
-            )
+            raise ValueError(f"array {self.name!r}: the first dim must be 'sample', got {self.dims}")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-clean description, part of the store's fingerprint."""
@@ -189,9 +185,7 @@ class TrainingStore:
         fp = fingerprint(content)
 
         if path.exists() and not path.is_dir():
-            raise StoreExistsError(
-                f"{path}: exists and is a file, not a store; choose another output"
-            )
+            raise StoreExistsError(f"{path}: exists and is a file, not a store; choose another output")
         if path.is_dir() and not is_training_store(path) and not _dir_is_empty(path):
             raise StoreExistsError(
                 f"{path}: exists and is not a zarrforge store; choose another output or remove it"
@@ -266,9 +260,7 @@ class TrainingStore:
         n_blocks = len(plan_blocks(n_samples, grid.shard_samples))
         meta = {
             "format_version": FORMAT_VERSION,
-            **{
-                k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content
-            },
+            **{k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content},
             "versions": package_versions(),
             "created": utc_now(),
             "fingerprint": fp,
@@ -277,9 +269,7 @@ class TrainingStore:
             "complete": False,
             "content": content,
         }
-        group = zarr.create_group(
-            store=str(self.path), attributes={**json_clean(dict(attrs)), "zarrforge": meta}
-        )
+        group = zarr.create_group(store=str(self.path), attributes={**json_clean(dict(attrs)), "zarrforge": meta})
         for spec in arrays:
             rest = tuple(spec.shape[1:])
             group.create_array(
@@ -321,9 +311,7 @@ class TrainingStore:
         """The store's ``zarrforge`` provenance attributes."""
         meta = self._read_attrs()
         if meta is None:
-            raise StoreError(
-                f"{self.path}: the store was never fully created; re-run with --overwrite"
-            )
+            raise StoreError(f"{self.path}: the store was never fully created; re-run with --overwrite")
         return meta
 
     def blocks(self) -> list[Block]:
@@ -378,8 +366,7 @@ class TrainingStore:
             expected = (block.size, *target.shape[1:])
             if values.shape != expected:
                 raise StoreError(
-                    f"{self.path}: block {block.index} of {name!r} has shape {values.shape}, "
-                    f"expected {expected}"
+                    f"{self.path}: block {block.index} of {name!r} has shape {values.shape}, expected {expected}"
                 )
             target[block.start : block.stop] = values
             nbytes += values.nbytes
@@ -390,9 +377,7 @@ class TrainingStore:
         """Mark the run complete, record its summary and consolidate the metadata once."""
         done, total = self.progress()
         if done != total:
-            raise StoreError(
-                f"{self.path}: cannot finalize, only {done} of {total} blocks are written"
-            )
+            raise StoreError(f"{self.path}: cannot finalize, only {done} of {total} blocks are written")
         group = zarr.open_group(str(self.path), mode="r+")
         meta = dict(group.attrs["zarrforge"])
         meta.update(complete=True, finished=utc_now(), summary=json_clean(dict(summary or {})))

@@ -61,9 +61,9 @@ def make_micrograph(
     phase = rng.uniform(0, 2 * np.pi, 2)
     signal = 1.0 + 0.3 * y + 0.2 * x + 0.1 * np.sin(6 * y + phase[0]) * np.cos(5 * x + phase[1])
     signal = signal.astype(np.float32)
-    centres = np.column_stack(
-        [rng.uniform(0, height, n_particles), rng.uniform(0, width, n_particles)]
-    ).astype(np.float64)
+    centres = np.column_stack([rng.uniform(0, height, n_particles), rng.uniform(0, width, n_particles)]).astype(
+        np.float64
+    )
     radii = rng.choice([6.0, 9.0, 12.0], n_particles)
     for (cy, cx), r in zip(centres, radii, strict=True):
         # Only touch a small box around each particle: O(particles), not O(pixels × particles).
@@ -81,9 +81,7 @@ def make_micrograph(
     # Shot noise around a detector offset, continuous like a dose-weighted sum.
     counts = 80.0 * signal
     noisy = (
-        6700.0
-        + counts
-        + np.sqrt(np.maximum(counts, 1.0)) * rng.standard_normal((height, width), dtype=np.float32)
+        6700.0 + counts + np.sqrt(np.maximum(counts, 1.0)) * rng.standard_normal((height, width), dtype=np.float32)
     )
     return noisy.astype(dtype), centres
 
