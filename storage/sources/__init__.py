@@ -1,0 +1,16 @@
+"""Lazy readers of source files: MRC, TIF, ``.npy``, HDF5 and NeXus tomography scans.
+
+Each opener reads only headers and metadata and returns xarray objects over dask arrays whose tasks
+(``read-mrc-…``, ``read-tiff-…``, ``read-npy-…``, ``read-hdf5-…``) open the file, read the selected region and
+close it again, so graphs pickle and run in any worker process.
+"""
+
+from __future__ import annotations
+
+from storage.sources._paths import file_record, resolve_paths
+from storage.sources.hdf5 import open_hdf5
+from storage.sources.mrc import open_mrc
+from storage.sources.npy import open_npy
+from storage.sources.tiff import open_tiffs
+
+__all__ = ["file_record", "open_hdf5", "open_mrc", "open_npy", "open_tiffs", "resolve_paths"]
