@@ -200,7 +200,11 @@ class TrainingStore:
                 store._remove_partial_files()
                 return store
             if existing is not None and not overwrite:
-                changes = diff_keys(existing.get("content", {}), content) or ["layout"]
+                # Name what the user changed (parameters, seed, sources) before the layout it implies.
+                changes = sorted(
+                    diff_keys(existing.get("content", {}), content) or ["layout"],
+                    key=lambda change: change.startswith(("arrays", "grid", "codec")),
+                )
                 raise StoreMismatchError(
                     f"{path} was made with other parameters ({'; '.join(changes[:3])}); "
                     "pass --overwrite to replace it"

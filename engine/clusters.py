@@ -1,0 +1,75 @@
+"""Cluster profiles: ``local`` (the embedded default), or the address of a scheduler that already runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster
+
+from . import config
+from .errors import ClusterError
+
+__all__ = ["connect", "describe_profile"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_profile(cluster: str | None = None) -> str:
+    """Name the profile ``cluster`` resolves to (after dask config), e.g. ``"local"``."""
+    return str(config.get("cluster", cluster))
+
+
+@contextmanager
+def connect(cluster: str | None = None) -> Iterator[Client]:
+    """Start or reach the cluster of a profile and yield a client; close what was started on exit.
+
+    Parameters
+    ----------
+    cluster : str, optional
+        ``"local"`` (default from ``zarrforge.cluster``) starts a distributed ``LocalCluster`` sized to this
+        machine with its dashboard on loopback; ``"tcp://host:port"`` (or ``host:port``) connects to a running
+        scheduler. ``"slurm"`` arrives with the operations work (dask-jobqueue).
+
+    Yields
+    ------
+    distributed.Client
+    """
+    profile = describe_profile(cluster)
+    if profile == "local":
+        with _local_cluster() as lc, Client(lc, set_as_default=False) as client:
+            log.info("dashboard: %s", client.dashboard_link)
+            yield client
+    elif profile == "slurm":
+        raise ClusterError(
+            "--cluster slurm is not available in this version yet; use --cluster local or a scheduler address"
+        )
+    elif "://" in profile or ":" in profile:
+        try:
+            client = Client(profile, timeout="10s", set_as_default=False)
+        except OSError as e:
+            raise ClusterError(f"cannot reach a Dask scheduler at {profile}: {e}") from None
+        with client:
+            log.info("connected to %s; dashboard: %s", profile, client.dashboard_link)
+            yield client
+    else:
+        raise ClusterError(
+            f"unknown cluster {profile!r}: use local, slurm, or a scheduler address tcp://host:port"
+        )
+
+
+@contextmanager
+def _local_cluster() -> Iterator[LocalCluster]:
+    n_workers = config.get("local.n-workers") or os.cpu_count() or 1
+    with LocalCluster(
+        n_workers=int(n_workers),
+        threads_per_worker=int(config.get("local.threads-per-worker")),
+        processes=bool(config.get("local.processes")),
+        memory_limit=config.get("local.memory-limit"),
+        host="127.0.0.1",
+        dashboard_address=str(config.get("local.dashboard-address")),
+        silence_logs=logging.WARNING,
+    ) as lc:
+        yield lc

@@ -1,0 +1,37 @@
+"""zarrforge's settings, the Dask way: defaults from ``zarrforge.yaml`` merged into ``dask.config``.
+
+Users override them in ``~/.config/dask/zarrforge.yaml``, with ``DASK_ZARRFORGE__CLUSTER=...`` environment
+variables, or with ``dask.config.set``; CLI options override all of these. Values are looked up at call time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+__all__ = ["get"]
+
+_DEFAULTS = Path(__file__).with_name("zarrforge.yaml")
+
+with _DEFAULTS.open() as f:
+    _defaults = yaml.safe_load(f)
+
+dask.config.update_defaults(_defaults)
+
+
+def get(key: str, override: Any = None) -> Any:
+    """Look up ``zarrforge.<key>``, unless ``override`` is given (not None).
+
+    Examples
+    --------
+    >>> get("store.codec")
+    'blosc-lz4'
+    >>> get("store.codec", "zstd")
+    'zstd'
+    """
+    if override is not None:
+        return override
+    return dask.config.get(f"zarrforge.{key}")

@@ -1,0 +1,224 @@
+"""Sliding-window patches of image stacks: lazy images in, a lazy patch dataset out.
+
+The number of patches is known from the shapes alone, so every output block knows its samples before anything
+is read, and each block is cut by one task (``patches-extract``) from only the image rows it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from numpy.lib.stride_tricks import sliding_window_view
+
+from storage.dims import PATCH_DIMS, SAMPLE
+
+from .errors import ParameterError, SourceError
+from .windows import Edges, WindowGrid, window_grid
+
+__all__ = ["extract_patches", "patch_count"]
+
+
+def patch_count(
+    images: xr.DataArray, *, size: int, stride: int | None = None, edges: Edges = "drop", bin: int = 1
+) -> int:
+    """Number of patches :func:`extract_patches` makes from ``images``, without reading anything.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> images = xr.DataArray(np.zeros((2, 300, 260)), dims=("micrograph", "y", "x"))
+    >>> patch_count(images, size=128, stride=64)
+    18
+    """
+    _, height, width = _binned_shape(images, bin)
+    return images.shape[0] * window_grid(height, width, size, stride, edges).per_image
+
+
+def extract_patches(
+    images: xr.DataArray,
+    *,
+    size: int,
+    stride: int | None = None,
+    edges: Edges = "drop",
+    normalize: bool = False,
+    bin: int = 1,
+    block_samples: int = 2048,
+) -> xr.Dataset:
+    """Cut every image of a stack into sliding-window patches, lazily.
+
+    Parameters
+    ----------
+    images : xarray.DataArray
+        A lazy ``(image, y, x)`` stack, e.g. from :func:`storage.sources.open_mrc`. Its ``source_index`` coord
+        (if present) maps each image to the file it came from, and ``attrs["sources"]`` lists those files.
+    size, stride : int
+        Window side and step in pixels (of the binned image); ``stride`` defaults to ``size``.
+    edges : {"drop", "pad"}
+        ``drop`` windows that do not fit, or reflect-``pad`` the bottom and right edges to cover the image.
+    normalize : bool
+        Subtract each image's mean and divide by its standard deviation (over the whole binned image).
+    bin : int
+        Average ``bin × bin`` pixel blocks before cutting (remainder rows/columns are trimmed).
+    block_samples : int
+        Samples per output chunk; the engine passes one store shard, so each chunk is one write block.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy variables ``patches (sample, patch_y, patch_x)`` in the source dtype (float32 when normalizing or
+        binning), ``source_index``, ``y0``, ``x0`` (int32, per sample; corners in source pixels), and
+        ``frame`` when a source file holds several images. Samples run in row-major order of ``(y0, x0)``
+        within each image, images in stack order.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> images = xr.DataArray(np.arange(2 * 6 * 5, dtype="uint16").reshape(2, 6, 5), dims=("image", "y", "x"))
+    >>> ds = extract_patches(images, size=4, stride=2, block_samples=3)
+    >>> ds.patches.shape, ds.patches.dtype, ds.y0.values.tolist(), ds.x0.values.tolist()
+    ((4, 4, 4), dtype('uint16'), [0, 2, 0, 2], [0, 0, 0, 0])
+    """
+    if images.ndim != 3:
+        raise ParameterError(f"images must be a 3-D (image, y, x) stack, got dims {images.dims}")
+    if block_samples < 1:
+        raise ParameterError(f"block_samples must be >= 1, got {block_samples}")
+    n_images, height, width = _binned_shape(images, bin)
+    grid = window_grid(height, width, size, stride, edges)
+    stack_dim, y_dim, x_dim = images.dims
+    data = _as_dask(images)
+
+    out_dtype = np.dtype(np.float32) if (normalize or bin > 1) else np.dtype(images.dtype)
+    if bin > 1:
+        data = da.coarsen(np.mean, data[:, : height * bin, : width * bin], {1: bin, 2: bin}).astype(np.float32)
+    if normalize:
+        work = data.astype(np.float64)
+        mean = work.mean(axis=(1, 2), keepdims=True)
+        std = work.std(axis=(1, 2), keepdims=True)
+        data = ((work - mean) / da.where(std > 0, std, 1.0)).astype(np.float32)
+    if grid.pad_y or grid.pad_x:
+        data = da.pad(data, ((0, 0), (0, grid.pad_y), (0, grid.pad_x)), mode="reflect")
+
+    n_samples = n_images * grid.per_image
+    names = _source_names(images, stack_dim)
+    token = tokenize(data, grid, out_dtype, block_samples, names)
+    blocks = []
+    for k, start in enumerate(range(0, n_samples, block_samples)):
+        stop = min(start + block_samples, n_samples)
+        pieces, plan = [], []
+        for image in range(start // grid.per_image, (stop - 1) // grid.per_image + 1):
+            w0 = max(start - image * grid.per_image, 0)
+            w1 = min(stop - image * grid.per_image, grid.per_image)
+            r0, r1 = grid.rows(w0, w1)
+            pieces.append(data[image, r0:r1, :])
+            plan.append((image, r0, w0, w1))
+        cut = dask.delayed(_cut_block, pure=True)(
+            pieces, plan, grid, out_dtype, names, dask_key_name=(f"patches-extract-{token}", k)
+        )
+        blocks.append(da.from_delayed(cut, shape=(stop - start, size, size), dtype=out_dtype))
+    patches = (
+        da.concatenate(blocks, axis=0) if blocks else da.zeros((0, size, size), out_dtype, chunks=block_samples)
+    )
+
+    sample = da.arange(n_samples, chunks=block_samples, dtype=np.int64)
+    image_index = sample // grid.per_image
+    window = sample % grid.per_image
+    to_source = _coord(images, "source_index", np.arange(images.shape[0]))
+    variables: dict[str, Any] = {
+        "patches": (PATCH_DIMS, patches, {"long_name": "image patch", "coordinates": ""}),
+        "source_index": (
+            (SAMPLE,),
+            image_index.map_blocks(_lookup, to_source, dtype=np.int32, name=f"patches-source-{token}"),
+            {"long_name": "index of the source file in attrs zarrforge.sources"},
+        ),
+        "y0": (
+            (SAMPLE,),
+            ((window // grid.nx) * (grid.stride * bin)).astype(np.int32),
+            {"long_name": "top row of the patch in the source image", "units": "pixel"},
+        ),
+        "x0": (
+            (SAMPLE,),
+            ((window % grid.nx) * (grid.stride * bin)).astype(np.int32),
+            {"long_name": "left column of the patch in the source image", "units": "pixel"},
+        ),
+    }
+    frames = _coord(images, "frame", np.zeros(images.shape[0], dtype=np.int64))
+    if frames.any():
+        variables["frame"] = (
+            (SAMPLE,),
+            image_index.map_blocks(_lookup, frames, dtype=np.int32, name=f"patches-frame-{token}"),
+            {"long_name": "index of the image within its source file"},
+        )
+    coords = [name for name in variables if name != "patches"]
+    variables["patches"][2]["coordinates"] = " ".join(coords)
+    ds = xr.Dataset({name: xr.Variable(dims, arr, attrs) for name, (dims, arr, attrs) in variables.items()})
+    ds.attrs = {
+        "sources": images.attrs.get("sources", []),
+        "parameters": {"size": size, "stride": grid.stride, "edges": edges, "normalize": normalize, "bin": bin},
+        "source_dims": [str(stack_dim), str(y_dim), str(x_dim)],
+    }
+    return ds
+
+
+def _binned_shape(images: xr.DataArray, bin: int) -> tuple[int, int, int]:
+    if bin < 1:
+        raise ParameterError(f"bin must be >= 1, got {bin}")
+    n, height, width = images.shape
+    if height // bin < 1 or width // bin < 1:
+        raise ParameterError(f"bin {bin} is larger than the image ({height} × {width} pixels)")
+    return n, height // bin, width // bin
+
+
+def _as_dask(images: xr.DataArray) -> da.Array:
+    data = images.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(1, -1, -1))
+    return data
+
+
+def _coord(images: xr.DataArray, name: str, default: np.ndarray) -> np.ndarray:
+    if name in images.coords and images.coords[name].dims == (images.dims[0],):
+        return np.asarray(images.coords[name].values, dtype=np.int64)
+    return default
+
+
+def _source_names(images: xr.DataArray, stack_dim: Any) -> list[str]:
+    if "source" in images.coords and images.coords["source"].dims == (stack_dim,):
+        return [str(s) for s in images.coords["source"].values]
+    return [f"{stack_dim} {i}" for i in range(images.shape[0])]
+
+
+def _lookup(index: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return table[index].astype(np.int32)
+
+
+def _cut_block(
+    pieces: Sequence[np.ndarray],
+    plan: Sequence[tuple[int, int, int, int]],
+    grid: WindowGrid,
+    dtype: np.dtype[Any],
+    names: Sequence[str],
+) -> np.ndarray:
+    """Cut windows ``[w0, w1)`` of each image from its rows ``r0:`` into one contiguous block."""
+    n = sum(w1 - w0 for _, _, w0, w1 in plan)
+    out = np.empty((n, grid.size, grid.size), dtype=dtype)
+    k = 0
+    for piece, (image, r0, w0, w1) in zip(pieces, plan, strict=True):
+        if piece.dtype.kind == "f" and not np.isfinite(piece).all():
+            raise SourceError(
+                f"{names[image]}: NaN or infinite pixels in rows {r0}-{r0 + piece.shape[0]}; "
+                "clean the image or exclude it"
+            )
+        views = sliding_window_view(piece, (grid.size, grid.size))[:: grid.stride, :: grid.stride]
+        for w_row in range(w0 // grid.nx, (w1 - 1) // grid.nx + 1):
+            ix0 = max(w0 - w_row * grid.nx, 0)
+            ix1 = min(w1 - w_row * grid.nx, grid.nx)
+            rel = w_row - w0 // grid.nx
+            out[k : k + ix1 - ix0] = views[rel, ix0:ix1]
+            k += ix1 - ix0
+    return out
