@@ -1,1 +1,21 @@
-"""zarrforge torch_bridge."""
+"""zarrforge torch_bridge: map-style PyTorch Datasets over training stores, chunk-aware samplers and loaders.
+
+Needs PyTorch (``pip install "zarrforge[torch]"``). Never imports dask, dask.distributed or ``engine``: it reads
+stores directly, chunk by chunk, so it is safe and light inside DataLoader worker processes.
+
+Examples
+--------
+>>> from torch_bridge import ZarrDataset, ChunkShuffleSampler, make_loader  # doctest: +SKIP
+>>> ds = ZarrDataset("train.zarr", arrays=["patches"], return_metadata=True)  # doctest: +SKIP
+>>> loader = make_loader(ds, batch_size=64, num_workers=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import _torch  # noqa: F401  (first: a missing torch raises an ImportError that says what to install)
+from .cache import ChunkCache
+from .dataset import ZarrDataset
+from .loader import make_loader
+from .sampler import ChunkShuffleSampler
+
+__all__ = ["ChunkCache", "ChunkShuffleSampler", "ZarrDataset", "make_loader"]

@@ -1,0 +1,116 @@
+"""An LRU cache of decoded chunks, bounded in bytes, one per process."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import numpy as np
+
+__all__ = ["ChunkCache"]
+
+
+class ChunkCache:
+    """Keep recently decoded chunks in memory, evicting the least recently used beyond ``capacity_bytes``.
+
+    Keys are any hashable, by convention ``(array name, chunk index)``. A chunk larger than the whole capacity is
+    returned but not kept. Cached arrays are made read-only so that a caller cannot change what later callers get.
+
+    Parameters
+    ----------
+    capacity_bytes : int
+        Most bytes of decoded chunks kept at once; ``0`` disables caching.
+
+    Attributes
+    ----------
+    stats : dict of str to int
+        ``hits``, ``misses``, ``decodes`` (calls of a loader), ``evictions``, and the current ``nbytes`` and
+        ``entries``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cache = ChunkCache(capacity_bytes=100)
+    >>> a = cache.get(("x", 0), lambda: np.zeros(10, "int64"))  # 80 bytes: decoded and kept
+    >>> b = cache.get(("x", 0), lambda: np.ones(10, "int64"))  # a hit: the loader is not called
+    >>> bool(b.sum() == 0), cache.stats["hits"], cache.stats["decodes"]
+    (True, 1, 1)
+    >>> _ = cache.get(("x", 1), lambda: np.zeros(10, "int64"))  # does not fit beside chunk 0: evicts it
+    >>> ("x", 0) in cache, cache.stats["evictions"]
+    (False, 1)
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        if capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+        self.capacity_bytes = int(capacity_bytes)
+        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self._counts = {"hits": 0, "misses": 0, "decodes": 0, "evictions": 0}
+
+    def __repr__(self) -> str:
+        return (
+            f"ChunkCache(capacity_bytes={self.capacity_bytes}, entries={len(self._entries)}, "
+            f"nbytes={self._nbytes})"
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the chunks held now."""
+        return self._nbytes
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since creation (or :meth:`clear`), and the current size."""
+        return {**self._counts, "nbytes": self._nbytes, "entries": len(self._entries)}
+
+    def get(self, key: Hashable, loader_fn: Callable[[], np.ndarray]) -> np.ndarray:
+        """Return the chunk under ``key``, calling ``loader_fn()`` to decode it on a miss.
+
+        Parameters
+        ----------
+        key : hashable
+            Usually ``(array name, chunk index)``.
+        loader_fn : callable
+            Returns the decoded chunk as a numpy array; called only on a miss.
+
+        Returns
+        -------
+        numpy.ndarray
+            The chunk, read-only when it is kept in the cache.
+        """
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                self._counts["hits"] += 1
+                return value
+            self._counts["misses"] += 1
+        value = loader_fn()  # decode outside the lock
+        with self._lock:
+            self._counts["decodes"] += 1
+            if value.nbytes > self.capacity_bytes or key in self._entries:
+                return value
+            value.flags.writeable = False
+            self._entries[key] = value
+            self._nbytes += value.nbytes
+            while self._nbytes > self.capacity_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._nbytes -= old.nbytes
+                self._counts["evictions"] += 1
+        return value
+
+    def clear(self) -> None:
+        """Drop every chunk and reset the counters."""
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+            self._counts = dict.fromkeys(self._counts, 0)

@@ -1,0 +1,166 @@
+"""Chunk-aware sampling: shuffle the chunks, then the samples within each chunk, split chunks across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from ._torch import torch
+
+__all__ = ["ChunkShuffleSampler", "ChunkedDataset"]
+
+
+class ChunkedDataset(Protocol):
+    """What :class:`ChunkShuffleSampler` needs of a dataset (:class:`~torch_bridge.ZarrDataset` has it)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def n_chunks(self) -> int: ...  # noqa: D102
+
+    def chunk_bounds(self, k: int) -> tuple[int, int]: ...  # noqa: D102
+
+
+class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
+    """Yield sample indices chunk by chunk: chunks in a shuffled order, samples shuffled within each chunk.
+
+    Each chunk's samples come out contiguously, so a dataset with a chunk cache decodes each chunk once per
+    epoch. The order depends only on ``(seed, epoch)``: chunks are permuted with
+    ``np.random.default_rng([seed, epoch])`` and the samples of chunk ``k`` with
+    ``np.random.default_rng([seed, epoch, k])``. Call :meth:`set_epoch` before each epoch.
+
+    For distributed training the shuffled chunks are dealt round-robin to ``num_replicas`` ranks, so two ranks
+    never read the same chunk. As with :class:`torch.utils.data.DistributedSampler`, every rank yields the same
+    number of samples, :func:`len`: without ``drop_last`` a rank short of that repeats its own samples from the
+    start (at most one chunk's worth); with ``drop_last`` every rank stops at the smallest share. The length does
+    not depend on the epoch. If there are fewer chunks than ranks and ``drop_last`` is false, a rank without a
+    chunk repeats samples of the whole epoch order (the only case where ranks share a chunk).
+
+    Parameters
+    ----------
+    dataset : ZarrDataset or ChunkedDataset
+        Anything with ``len()``, ``n_chunks`` and ``chunk_bounds(k)``; all chunks but the last are full.
+    seed : int
+        Seed shared by all ranks.
+    shuffle : bool
+        ``False``: chunks and samples in order (still split across ranks).
+    num_replicas, rank : int
+        Number of distributed ranks and this one's index.
+    drop_last : bool
+        Drop samples so that ranks are even instead of repeating some.
+
+    Examples
+    --------
+    >>> class Chunks:  # 10 samples in chunks of 4
+    ...     n_chunks = 3
+    ...     def __len__(self): return 10
+    ...     def chunk_bounds(self, k): return 4 * k, min(4 * k + 4, 10)
+    >>> list(ChunkShuffleSampler(Chunks(), shuffle=False))
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    >>> order = list(ChunkShuffleSampler(Chunks(), seed=1))
+    >>> chunks = [i // 4 for i in order]
+    >>> sorted(order) == list(range(10)), chunks == sorted(chunks, key=chunks.index)  # chunks stay together
+    (True, True)
+    >>> [list(ChunkShuffleSampler(Chunks(), shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    [[0, 1, 2, 3, 8, 9, 0, 1], [4, 5, 6, 7, 4, 5, 6, 7]]
+    """
+
+    def __init__(
+        self,
+        dataset: ChunkedDataset,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if num_replicas < 1:
+            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        n_chunks = int(dataset.n_chunks)
+        bounds = np.array([dataset.chunk_bounds(k) for k in range(n_chunks)], dtype=np.int64).reshape(-1, 2)
+        self._starts = bounds[:, 0]
+        self._sizes = bounds[:, 1] - bounds[:, 0]
+        if int(self._sizes.sum()) != len(dataset):
+            raise ValueError(
+                f"the chunks of {dataset!r} hold {int(self._sizes.sum())} samples, not its {len(dataset)}"
+            )
+        self.num_samples = _per_rank_samples(self._sizes, self.num_replicas, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` for the next iteration (call it at the start of every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"ChunkShuffleSampler(chunks={len(self._sizes)}, seed={self.seed}, shuffle={self.shuffle}, "
+            f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas}, samples={self.num_samples})"
+        )
+
+    def chunk_order(self) -> np.ndarray:
+        """The chunks of all ranks in this epoch's order."""
+        n_chunks = len(self._sizes)
+        if not self.shuffle:
+            return np.arange(n_chunks)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n_chunks)
+
+    def _samples(self, chunks: np.ndarray) -> np.ndarray:
+        parts = []
+        for k in chunks:
+            start, size = int(self._starts[k]), int(self._sizes[k])
+            if self.shuffle:
+                parts.append(start + np.random.default_rng([self.seed, self.epoch, int(k)]).permutation(size))
+            else:
+                parts.append(np.arange(start, start + size))
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def indices(self) -> np.ndarray:
+        """The sample indices of this rank for the current epoch, as an array."""
+        order = self.chunk_order()
+        own = self._samples(order[self.rank :: self.num_replicas])
+        n = self.num_samples
+        if len(own) >= n:
+            return own[:n]
+        if len(own) == 0:  # fewer chunks than ranks: borrow from the whole epoch's order
+            everything = self._samples(order)
+            return np.resize(np.roll(everything, -self.rank), n) if len(everything) else everything
+        return np.resize(own, n)  # repeat own samples from the start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+
+def _per_rank_samples(sizes: np.ndarray, num_replicas: int, drop_last: bool) -> int:
+    """Samples every rank yields whatever the chunk order: the largest (or, ``drop_last``, smallest) share.
+
+    Chunks are dealt round-robin, so rank ``r`` gets ``q`` or ``q + 1`` chunks; only where the one short chunk
+    (the last) lands changes with the epoch. Taking the extreme over every place it can land keeps the length
+    constant across epochs.
+    """
+    n_chunks = len(sizes)
+    if n_chunks == 0:
+        return 0
+    full = int(sizes.max())
+    short = full - int(sizes[-1])
+    q, rem = divmod(n_chunks, num_replicas)
+    shares = (q + (np.arange(num_replicas) < rem)) * full  # chunks per rank, all full
+    holders = shares[shares > 0]  # the ranks that may hold the short chunk
+    if drop_last:
+        # the smallest share: a holder with the short chunk, or (with other ranks) any rank without it
+        smallest = int(holders.min()) - short
+        return min(smallest, int(shares.min())) if num_replicas > 1 else smallest
+    # the largest share: any rank, while another rank takes the short chunk, unless one rank holds everything
+    return int(shares.max()) if len(holders) > 1 else int(holders[0]) - short
