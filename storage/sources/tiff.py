@@ -40,15 +40,16 @@ def _read_tiff_header(path: Path) -> tuple[tuple[int, int, int], np.dtype[Any]]:
                 )
             if len(shape) < 2:
                 raise SourceError(f"{path}: first series has shape {shape}, not images")
-            if series.dataoffset is not None:
-                end = int(series.dataoffset) + int(series.nbytes)
-            else:
-                end = max(
-                    (int(o) + int(c))
-                    for page in series.pages
-                    if page is not None
-                    for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)
-                )
+            ends = [] if series.dataoffset is None else [int(series.dataoffset) + int(series.nbytes)]
+            try:
+                for page in tif.pages:  # parses every IFD: headers only, no pixel data
+                    if page is not None and hasattr(page, "dataoffsets"):
+                        ends.extend(
+                            int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)
+                        )
+            except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+                raise SourceError(f"{path}: truncated or corrupt TIF ({exc})") from None
+            end = max(ends, default=0)
     except SourceError:
         raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
