@@ -89,12 +89,11 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="zarrforge")
 def main() -> None:
-    r"""zarrforge: large imaging data to Zarr training stores and PyTorch Datasets, with Dask.
+    """zarrforge: large imaging data to Zarr training stores and PyTorch Datasets, with Dask.
 
-    \b
-    Start with:  zarrforge demo
-    Then:        zarrforge patches 'micrographs/*.mrc' -o train.zarr --size 128 --stride 64
-                 zarrforge info train.zarr
+    Start with "zarrforge demo", then for example "zarrforge patches 'micrographs/*.mrc' -o train.zarr --size
+    128 --stride 64" and "zarrforge info train.zarr". Settings live in dask config under "zarrforge" (see
+    "zarrforge config").
     """
 
 
