@@ -1,0 +1,56 @@
+"""Small training stores with deliberately odd sizes: 1000 samples in chunks of 64 and shards of 256.
+
+The tests restate ``N_SAMPLES`` and ``CHUNK`` (conftest modules are not imported by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.layout import SampleGrid
+from storage.store import ArraySpec, TrainingStore
+
+N_SAMPLES = 1000
+CHUNK = 64
+SHARD = 256
+PATCH = (8, 6)
+
+
+def write_store(path: Path, n: int = N_SAMPLES, chunk: int = CHUNK, shard: int = SHARD, seed: int = 0) -> Path:
+    """A finished training store: ``patches (sample, 8, 6)`` float32, ``origin (sample, 2)`` and int32 metadata."""
+    rng = np.random.default_rng(seed)
+    data = {
+        "patches": rng.standard_normal((n, *PATCH)).astype("float32"),
+        "origin": rng.integers(0, 500, (n, 2)).astype("int32"),
+        "source_index": (np.arange(n) // 100).astype("int32"),
+        "y0": rng.integers(0, 500, n).astype("int32"),
+        "x0": np.arange(n, dtype="int32") * 3,
+    }
+    dims = {"patches": ("sample", "patch_y", "patch_x"), "origin": ("sample", "axis")}
+    specs = [ArraySpec(k, dims.get(k, ("sample",)), v.shape, v.dtype) for k, v in data.items()]
+    grid = SampleGrid(chunk, shard)
+    with TrainingStore.open_for_writing(path, specs, grid=grid, record={"pipeline": "test"}) as s:
+        for block in s.blocks():
+            s.write_block(block, {k: v[block.start : block.stop] for k, v in data.items()})
+        s.finalize()
+    return path
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished store, shared by the tests of this folder (read only)."""
+    return write_store(tmp_path_factory.mktemp("torch_bridge") / "train.zarr")
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Callable[..., Path]:
+    """``make_store(name, n=..., chunk=..., shard=...)``: write a store of that name in ``tmp_path``."""
+
+    def make(name: str = "train.zarr", **kwargs: int) -> Path:
+        return write_store(tmp_path / name, **kwargs)
+
+    return make
