@@ -149,7 +149,34 @@ def _split_chunks(chunks: ChunksLike, all_dims: tuple[str, ...], dims: tuple[str
 
 
 def open_nxtomo(path: Path, *, chunks: ChunksLike = None) -> xr.Dataset:
-    """Open one NeXus tomography scan as lazy projections, flats and darks (see :func:`open_hdf5`)."""
+    """Open one NeXus tomography scan as lazy projections, flats and darks.
+
+    This is what :func:`storage.sources.open_hdf5` does when no ``dataset`` is given.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The NeXus file.
+    chunks : dict, tuple, int or str, optional
+        Chunks by dimension name (``angle``, ``flat``, ``dark``, ``detector_y``, ``detector_x``) or position;
+        by default one whole frame per chunk.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``projections``, ``flats`` and ``darks``, dask-backed, each concatenated from contiguous runs of frames.
+        The frames come from an NXentry/NXsubentry whose ``definition`` is NXtomo
+        (``instrument/detector/data`` and ``image_key``), else from the first group holding ``data`` and
+        ``image_key`` whose frames can be opened. Angles come from ``rotation_angle`` beside the frames or in
+        ``sample``/``data``, else from an angle-like axis of an NXdata group of the entry.
+
+    Raises
+    ------
+    SourceNotFoundError
+        The frames sit behind an external link whose file is missing (the message names that file).
+    SourceError
+        No tomography scan is found (pass ``dataset=`` to :func:`open_hdf5`).
+    """
     first_error: SourceNotFoundError | None = None
     with open_h5(path) as f:
         found = None
