@@ -60,7 +60,8 @@ def window_grid(
 
     With ``edges="drop"`` an ``H × W`` image gives ``((H - size)//stride + 1) · ((W - size)//stride + 1)``
     windows; with ``edges="pad"`` it gives ``(ceil((H - size)/stride) + 1) · (ceil((W - size)/stride) + 1)``,
-    the last row and column reaching into reflected padding.
+    the last row and column reaching into reflected padding (fewer where ``stride > size`` would put a corner
+    outside the image: corners always lie inside it, and the padding is less than ``min(size, stride)``).
 
     Parameters
     ----------
@@ -102,8 +103,10 @@ def window_grid(
         raise ParameterError(f"size {size} is larger than the image ({height} × {width} pixels)")
     if edges == "drop":
         return WindowGrid(height, width, size, stride, (height - size) // stride + 1, (width - size) // stride + 1)
-    ny = -(-(height - size) // stride) + 1
-    nx = -(-(width - size) // stride) + 1
-    pad_y = (ny - 1) * stride + size - height
-    pad_x = (nx - 1) * stride + size - width
+    # One more window than fits, unless its corner would fall outside the image (a stride larger than the
+    # window skips those pixels anyway, and reflect padding cannot reach that far).
+    ny = min(-(-(height - size) // stride), (height - 1) // stride) + 1
+    nx = min(-(-(width - size) // stride), (width - 1) // stride) + 1
+    pad_y = max((ny - 1) * stride + size - height, 0)
+    pad_x = max((nx - 1) * stride + size - width, 0)
     return WindowGrid(height, width, size, stride, ny, nx, pad_y, pad_x)
