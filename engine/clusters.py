@@ -63,12 +63,14 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
 @contextmanager
 def _local_cluster() -> Iterator[LocalCluster]:
     n_workers = config.get("local.n-workers") or os.cpu_count() or 1
+    processes = bool(config.get("local.processes"))
     with LocalCluster(
         n_workers=int(n_workers),
         threads_per_worker=int(config.get("local.threads-per-worker")),
-        processes=bool(config.get("local.processes")),
+        processes=processes,
         memory_limit=config.get("local.memory-limit"),
-        host="127.0.0.1",
+        # Worker processes talk over TCP on loopback only; a threads-only cluster uses in-process comms.
+        **({"host": "127.0.0.1"} if processes else {}),
         dashboard_address=str(config.get("local.dashboard-address")),
         silence_logs=logging.WARNING,
     ) as lc:
