@@ -1,0 +1,80 @@
+"""Checks users (and our tests) can run on their own stores.
+
+>>> from storage.testing import assert_stores_identical, verify_store  # doctest: +SKIP
+>>> verify_store("train.zarr")                        # every chunk decodes and passes its checksum
+>>> assert_stores_identical("a.zarr", "b.zarr")       # same bytes, apart from run times
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .chunks import ChunkReader
+from .errors import StoreError
+from .store import TrainingStore
+
+__all__ = ["assert_stores_identical", "store_files", "verify_store"]
+
+#: Attributes that record when and how fast a run went, not what it made.
+RUN_ONLY_ATTRS = ("created", "finished", "summary")
+
+
+def store_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file of a store by relative path, except the root metadata and the lock file."""
+    root = Path(path)
+    files = {}
+    for file in sorted(root.rglob("*")):
+        rel = file.relative_to(root).as_posix()
+        if file.is_file() and rel not in ("zarr.json", ".zarrforge/write.lock"):
+            files[rel] = file.read_bytes()
+    return files
+
+
+def _root_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    meta = json.loads((Path(path) / "zarr.json").read_text())
+    attrs = meta.get("attributes", {}).get("zarrforge", {})
+    for key in RUN_ONLY_ATTRS:
+        attrs.pop(key, None)
+    return meta
+
+
+def assert_stores_identical(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Raise ``AssertionError`` unless two stores hold the same bytes.
+
+    Every array file and array metadata file must be byte-identical; the root metadata must be equal apart from
+    the run times and summary (``created``, ``finished``, ``summary``).
+    """
+    files_a, files_b = store_files(a), store_files(b)
+    if files_a.keys() != files_b.keys():
+        only_a = sorted(files_a.keys() - files_b.keys())[:5]
+        only_b = sorted(files_b.keys() - files_a.keys())[:5]
+        raise AssertionError(f"stores hold different files: only in {a}: {only_a}; only in {b}: {only_b}")
+    differ = [name for name in files_a if files_a[name] != files_b[name]]
+    if differ:
+        raise AssertionError(f"{len(differ)} files differ between {a} and {b}, e.g. {differ[:5]}")
+    if _root_meta(a) != _root_meta(b):
+        raise AssertionError(f"root metadata of {a} and {b} differ beyond run times")
+
+
+def verify_store(path: str | os.PathLike[str]) -> int:
+    """Decode every chunk of every array (checking CRC32C); return the number of chunks read.
+
+    Raises
+    ------
+    StoreError
+        If the store is unfinished or a chunk is damaged.
+    """
+    store = TrainingStore.open(path)
+    if not store.complete:
+        done, total = store.progress()
+        raise StoreError(f"{path}: unfinished ({done} of {total} blocks written)")
+    n = 0
+    for name in store.describe()["arrays"]:
+        reader = ChunkReader(Path(path) / name)
+        for k in range(reader.n_chunks):
+            reader.read_chunk(k)
+            n += 1
+    return n
