@@ -104,7 +104,11 @@ def write_dataset(
     n_threads = sum(client.nthreads().values()) or 1
     max_in_flight = int(config.get("run.max-in-flight", max_in_flight) or 2 * n_threads)
 
-    chunks = {name: np.asarray(ds[name].data.to_delayed(optimize_graph=True)).reshape(-1) for name in ds.data_vars}
+    # No low-level fusion: it would rename tasks ("concatenate-getitem-original-read-mrc"), and the dashboard
+    # should show the pipeline's steps (read-mrc, patches-extract, store-write) by name.
+    chunks = {
+        name: np.asarray(ds[name].data.to_delayed(optimize_graph=False)).reshape(-1) for name in ds.data_vars
+    }
     token = tokenize(store.path, *(ds[name].data.name for name in ds.data_vars))
 
     def task(block: Block) -> Any:
@@ -119,7 +123,7 @@ def write_dataset(
     futures = as_completed(loop=client.loop)
     try:
         for block in _take(pending, max_in_flight):
-            futures.add(client.compute(task(block), retries=retries))
+            futures.add(client.compute(task(block), retries=retries, optimize_graph=False))
         for future in futures:
             try:
                 nbytes += future.result()
@@ -132,7 +136,7 @@ def write_dataset(
             written += 1
             bar.update(1)
             for block in _take(pending, 1):
-                futures.add(client.compute(task(block), retries=retries))
+                futures.add(client.compute(task(block), retries=retries, optimize_graph=False))
     except BaseException:
         for future in list(futures.futures):
             future.cancel()

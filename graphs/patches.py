@@ -115,7 +115,7 @@ def extract_patches(
             w0 = max(start - image * grid.per_image, 0)
             w1 = min(stop - image * grid.per_image, grid.per_image)
             r0, r1 = grid.rows(w0, w1)
-            pieces.append(data[image, r0:r1, :])
+            pieces.append(_as_delayed(data[image, r0:r1, :]))
             plan.append((image, r0, w0, w1))
         cut = dask.delayed(_cut_block, pure=True)(
             pieces, plan, grid, out_dtype, names, dask_key_name=(f"patches-extract-{token}", k)
@@ -191,6 +191,13 @@ def _source_names(images: xr.DataArray, stack_dim: Any) -> list[str]:
     if "source" in images.coords and images.coords["source"].dims == (stack_dim,):
         return [str(s) for s in images.coords["source"].values]
     return [f"{stack_dim} {i}" for i in range(images.shape[0])]
+
+
+def _as_delayed(piece: da.Array) -> Any:
+    """One Delayed for a slice of the images, without graph fusion (which would rename the read tasks)."""
+    if piece.npartitions > 1:
+        piece = piece.rechunk(piece.shape)
+    return piece.to_delayed(optimize_graph=False).reshape(-1)[0]
 
 
 def _lookup(index: np.ndarray, table: np.ndarray) -> np.ndarray:
