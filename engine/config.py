@@ -34,4 +34,13 @@ def get(key: str, override: Any = None) -> Any:
     """
     if override is not None:
         return override
-    return dask.config.get(f"zarrforge.{key}")
+    # Fall back to the packaged default: a ``dask.config.set`` entered before this module was imported
+    # removes the whole ``zarrforge`` section again when it exits.
+    return dask.config.get(f"zarrforge.{key}", default=_packaged(key))
+
+
+def _packaged(key: str) -> Any:
+    node: Any = _defaults["zarrforge"]
+    for part in key.split("."):
+        node = node[dask.config.canonical_name(part, node)]
+    return node
