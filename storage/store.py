@@ -105,6 +105,7 @@ class TrainingStore:
         self._arrays: dict[str, Any] = {}
         self._ledger: Any = None
         self._lock: FileLock | None = None
+        self._names: set[str] | None = None
 
     # Pickle as the path alone: no zarr handles or locks travel to workers.
     def __getstate__(self) -> dict[str, Any]:
@@ -364,6 +365,13 @@ class TrainingStore:
         int
             Decoded bytes written.
         """
+        if self._names is None:
+            self._names = set(self.attrs["content"]["arrays"])
+        if set(data) != self._names:
+            # The block is marked done below: it must hold every array, or the missing ones stay fill values.
+            raise StoreError(
+                f"{self.path}: block {block.index} has arrays {sorted(data)}, expected {sorted(self._names)}"
+            )
         nbytes = 0
         for name, values in data.items():
             target = self.array(name)
