@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from dask.core import get_dependencies
+from dask.highlevelgraph import HighLevelGraph
 from distributed import Client, as_completed
 
 from storage.errors import StoreError, ZarrforgeError
@@ -104,18 +105,23 @@ def write_dataset(
     n_threads = sum(client.nthreads().values()) or 1
     max_in_flight = int(config.get("run.max-in-flight", max_in_flight) or 2 * n_threads)
 
-    # No low-level fusion: it would rename tasks ("concatenate-getitem-original-read-mrc"), and the dashboard
-    # should show the pipeline's steps (read-mrc, patches-extract, store-write) by name.
-    chunks = {
-        name: np.asarray(ds[name].data.to_delayed(optimize_graph=False)).reshape(-1) for name in ds.data_vars
-    }
-    token = tokenize(store.path, *(ds[name].data.name for name in ds.data_vars))
-
-    def task(block: Block) -> Any:
-        data = {name: chunks[name][block.index] for name in chunks}
-        return dask.delayed(_write_block, pure=False)(
-            store, block, data, dask_key_name=(f"store-write-{token}", block.index)
+    names = list(ds.data_vars)
+    arrays = [ds[name].data for name in names]
+    writes = f"store-write-{tokenize(store.path, *(a.name for a in arrays))}"
+    layer = {
+        (writes, block.index): (
+            _BlockWriter(store, block, tuple(names)),
+            *[(a.name, block.index, *(0,) * (a.ndim - 1)) for a in arrays],
         )
+        for block in todo
+    }
+    # Materialize the graph once, without optimization (fusion would rename the steps the dashboard shows:
+    # read-mrc, patches-extract, store-write), then submit each block with just the tasks it needs.
+    graph = dict(HighLevelGraph.from_collections(writes, layer, dependencies=arrays)) if todo else {}
+
+    def submit(block: Block) -> Any:
+        key = (writes, block.index)
+        return client.get(_closure(graph, key), key, sync=False, retries=retries)
 
     bar = _progress_bar(len(blocks), len(done), progress)
     written = nbytes = 0
@@ -123,7 +129,7 @@ def write_dataset(
     futures = as_completed(loop=client.loop)
     try:
         for block in _take(pending, max_in_flight):
-            futures.add(client.compute(task(block), retries=retries, optimize_graph=False))
+            futures.add(submit(block))
         for future in futures:
             try:
                 nbytes += future.result()
@@ -136,7 +142,7 @@ def write_dataset(
             written += 1
             bar.update(1)
             for block in _take(pending, 1):
-                futures.add(client.compute(task(block), retries=retries, optimize_graph=False))
+                futures.add(submit(block))
     except BaseException:
         for future in list(futures.futures):
             future.cancel()
@@ -155,11 +161,29 @@ def write_dataset(
     )
 
 
-def _write_block(store: TrainingStore, block: Block, data: Mapping[str, np.ndarray]) -> int:
-    try:
-        return store.write_block(block, data)
-    except OSError as e:  # disk full, permissions: name the store and block, keep the errno text
-        raise StoreError(f"{store.path}: writing block {block.index} failed: {e}") from e
+def _closure(graph: Mapping[Any, Any], key: Any) -> dict[Any, Any]:
+    """The tasks ``key`` depends on, transitively, and ``key`` itself."""
+    sub, stack = {}, [key]
+    while stack:
+        k = stack.pop()
+        if k in sub:
+            continue
+        sub[k] = graph[k]
+        stack.extend(get_dependencies(graph, k))
+    return sub
+
+
+class _BlockWriter:
+    """The ``store-write`` task of one block: write every array's samples, then mark the block done."""
+
+    def __init__(self, store: TrainingStore, block: Block, names: tuple[str, ...]) -> None:
+        self.store, self.block, self.names = store, block, names
+
+    def __call__(self, *arrays: np.ndarray) -> int:
+        try:
+            return self.store.write_block(self.block, dict(zip(self.names, arrays, strict=True)))
+        except OSError as e:  # disk full, permissions: name the store and block, keep the errno text
+            raise StoreError(f"{self.store.path}: writing block {self.block.index} failed: {e}") from e
 
 
 def _take(iterator: Any, n: int) -> list[Any]:

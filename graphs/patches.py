@@ -7,13 +7,14 @@ is read, and each block is cut by one task (``patches-extract``) from only the i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from numpy.lib.stride_tricks import sliding_window_view
 
 from storage.dims import PATCH_DIMS, SAMPLE
@@ -106,24 +107,8 @@ def extract_patches(
 
     n_samples = n_images * grid.per_image
     names = _source_names(images, stack_dim)
-    token = tokenize(data, grid, out_dtype, block_samples, names)
-    blocks = []
-    for k, start in enumerate(range(0, n_samples, block_samples)):
-        stop = min(start + block_samples, n_samples)
-        pieces, plan = [], []
-        for image in range(start // grid.per_image, (stop - 1) // grid.per_image + 1):
-            w0 = max(start - image * grid.per_image, 0)
-            w1 = min(stop - image * grid.per_image, grid.per_image)
-            r0, r1 = grid.rows(w0, w1)
-            pieces.append(_as_delayed(data[image, r0:r1, :]))
-            plan.append((image, r0, w0, w1))
-        cut = dask.delayed(_cut_block, pure=True)(
-            pieces, plan, grid, out_dtype, names, dask_key_name=(f"patches-extract-{token}", k)
-        )
-        blocks.append(da.from_delayed(cut, shape=(stop - start, size, size), dtype=out_dtype))
-    patches = (
-        da.concatenate(blocks, axis=0) if blocks else da.zeros((0, size, size), out_dtype, chunks=block_samples)
-    )
+    patches = _patches_array(data, grid, out_dtype, names, n_samples, block_samples)
+    token = tokenize(patches.name, block_samples)
 
     sample = da.arange(n_samples, chunks=block_samples, dtype=np.int64)
     image_index = sample // grid.per_image
@@ -193,39 +178,79 @@ def _source_names(images: xr.DataArray, stack_dim: Any) -> list[str]:
     return [f"{stack_dim} {i}" for i in range(images.shape[0])]
 
 
-def _as_delayed(piece: da.Array) -> Any:
-    """One Delayed for a slice of the images, without graph fusion (which would rename the read tasks)."""
-    if piece.npartitions > 1:
-        piece = piece.rechunk(piece.shape)
-    return piece.to_delayed(optimize_graph=False).reshape(-1)[0]
+@dataclass(frozen=True)
+class _BlockPlan:
+    """What one ``patches-extract`` task cuts: for each image it touches, where its rows start and which windows.
+
+    ``pieces[i] = (image, index of the image in its input chunk, first needed row within the first input chunk,
+    w0, w1)``; the task receives the input chunks holding those rows.
+    """
+
+    pieces: tuple[tuple[int, int, int, int, int], ...]
+    grid: WindowGrid
+    dtype: np.dtype[Any]
+    names: tuple[str, ...]
+
+
+def _patches_array(
+    data: da.Array, grid: WindowGrid, dtype: np.dtype[Any], names: list[str], n_samples: int, block_samples: int
+) -> da.Array:
+    """One task per output block, fed only the input chunks (row bands of images) its windows need.
+
+    The graph is written out directly (dask's documented custom-graph form) rather than by slicing ``data``
+    and calling ``dask.delayed``: that would re-cull the whole input graph once per block, quadratic in the
+    number of blocks, and fuse the read tasks under other names.
+    """
+    if data.numblocks[2] > 1:
+        data = data.rechunk({2: -1})
+    image_bounds = np.cumsum((0, *data.chunks[0]))
+    row_bounds = np.cumsum((0, *data.chunks[1]))
+    name = f"patches-extract-{tokenize(data, grid, dtype, block_samples, names)}"
+    layer: dict[Any, Any] = {}
+    sizes = []
+    for k, start in enumerate(range(0, n_samples, block_samples)):
+        stop = min(start + block_samples, n_samples)
+        refs, pieces = [], []
+        for image in range(start // grid.per_image, (stop - 1) // grid.per_image + 1):
+            w0 = max(start - image * grid.per_image, 0)
+            w1 = min(stop - image * grid.per_image, grid.per_image)
+            r0, r1 = grid.rows(w0, w1)
+            ci = int(np.searchsorted(image_bounds, image, side="right")) - 1
+            j0 = int(np.searchsorted(row_bounds, r0, side="right")) - 1
+            j1 = int(np.searchsorted(row_bounds, r1, side="left"))
+            refs.append([(data.name, ci, j, 0) for j in range(j0, j1)])
+            pieces.append((image, image - int(image_bounds[ci]), r0 - int(row_bounds[j0]), w0, w1))
+        layer[(name, k, 0, 0)] = (_cut_block, refs, _BlockPlan(tuple(pieces), grid, dtype, tuple(names)))
+        sizes.append(stop - start)
+    if not sizes:
+        return da.zeros((0, grid.size, grid.size), dtype, chunks=block_samples)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    return da.Array(graph, name, chunks=(tuple(sizes), (grid.size,), (grid.size,)), dtype=dtype)
 
 
 def _lookup(index: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[index].astype(np.int32)
 
 
-def _cut_block(
-    pieces: Sequence[np.ndarray],
-    plan: Sequence[tuple[int, int, int, int]],
-    grid: WindowGrid,
-    dtype: np.dtype[Any],
-    names: Sequence[str],
-) -> np.ndarray:
-    """Cut windows ``[w0, w1)`` of each image from its rows ``r0:`` into one contiguous block."""
-    n = sum(w1 - w0 for _, _, w0, w1 in plan)
-    out = np.empty((n, grid.size, grid.size), dtype=dtype)
+def _cut_block(chunks: Sequence[Sequence[np.ndarray]], plan: _BlockPlan) -> np.ndarray:
+    """Cut each image's windows ``[w0, w1)`` out of its row chunks into one contiguous block."""
+    grid = plan.grid
+    n = sum(w1 - w0 for *_, w0, w1 in plan.pieces)
+    out = np.empty((n, grid.size, grid.size), dtype=plan.dtype)
     k = 0
-    for piece, (image, r0, w0, w1) in zip(pieces, plan, strict=True):
+    for bands, (image, local, offset, w0, w1) in zip(chunks, plan.pieces, strict=True):
+        r0, r1 = grid.rows(w0, w1)
+        rows = bands[0][local] if len(bands) == 1 else np.concatenate([band[local] for band in bands], axis=0)
+        piece = rows[offset : offset + r1 - r0]
         if piece.dtype.kind == "f" and not np.isfinite(piece).all():
             raise SourceError(
-                f"{names[image]}: NaN or infinite pixels in rows {r0}-{r0 + piece.shape[0]}; "
-                "clean the image or exclude it"
+                f"{plan.names[image]}: NaN or infinite pixels in rows {r0}-{r1}; clean the image or exclude it"
             )
         views = sliding_window_view(piece, (grid.size, grid.size))[:: grid.stride, :: grid.stride]
-        for w_row in range(w0 // grid.nx, (w1 - 1) // grid.nx + 1):
+        first_row = w0 // grid.nx
+        for w_row in range(first_row, (w1 - 1) // grid.nx + 1):
             ix0 = max(w0 - w_row * grid.nx, 0)
             ix1 = min(w1 - w_row * grid.nx, grid.nx)
-            rel = w_row - w0 // grid.nx
-            out[k : k + ix1 - ix0] = views[rel, ix0:ix1]
+            out[k : k + ix1 - ix0] = views[w_row - first_row, ix0:ix1]
             k += ix1 - ix0
     return out
