@@ -57,9 +57,8 @@ def test_resume_after_sigkill_recomputes_nothing_and_matches_a_clean_run(tmp_pat
     assert total > 50
 
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(
-        command(mics, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(command(mics, killed), env=env, start_new_session=True, **quiet)
     deadline = time.monotonic() + 120
     while done_blocks(killed) < total // 4:
         assert proc.poll() is None, "the run finished before it could be killed; make it longer"
