@@ -33,6 +33,7 @@ from .codecs import DEFAULT_CODEC, compressors
 from .errors import StoreError, StoreExistsError, StoreLockedError, StoreMismatchError
 from .layout import Block, SampleGrid, plan_blocks
 from .provenance import diff_keys, fingerprint, json_clean, package_versions, utc_now
+from .shards import ShardWriter
 
 __all__ = ["FORMAT_VERSION", "ArraySpec", "TrainingStore", "is_training_store"]
 
@@ -103,6 +104,7 @@ class TrainingStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._arrays: dict[str, Any] = {}
+        self._writers: dict[str, ShardWriter] = {}
         self._ledger: Any = None
         self._lock: FileLock | None = None
         self._names: set[str] | None = None
@@ -380,10 +382,17 @@ class TrainingStore:
                 raise StoreError(
                     f"{self.path}: block {block.index} of {name!r} has shape {values.shape}, expected {expected}"
                 )
-            target[block.start : block.stop] = values
+            self._writer(name).write_shard(block.index, values)
             nbytes += values.nbytes
-        self._ledger_array()[block.index] = 1
+        # Only now is the block done: a crash before this line leaves it unmarked, and it is simply redone.
+        self._writer(f"{_META}/{_LEDGER}").write_shard(block.index, np.ones(1, dtype=np.uint8))
         return nbytes
+
+    def _writer(self, name: str) -> ShardWriter:
+        """The shard writer of array ``name`` (made once per process)."""
+        if name not in self._writers:
+            self._writers[name] = ShardWriter(self.path / name)
+        return self._writers[name]
 
     def finalize(self, summary: Mapping[str, Any] | None = None) -> None:
         """Mark the run complete, record its summary and consolidate the metadata once."""
