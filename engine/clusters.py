@@ -62,11 +62,13 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
 
 @contextmanager
 def _local_cluster() -> Iterator[LocalCluster]:
-    n_workers = config.get("local.n-workers") or os.cpu_count() or 1
     processes = bool(config.get("local.processes"))
+    cores = os.cpu_count() or 1
+    n_workers = config.get("local.n-workers") or (cores if processes else 1)
+    threads = config.get("local.threads-per-worker") or (1 if processes else cores)
     with LocalCluster(
         n_workers=int(n_workers),
-        threads_per_worker=int(config.get("local.threads-per-worker")),
+        threads_per_worker=int(threads),
         processes=processes,
         memory_limit=config.get("local.memory-limit"),
         # Worker processes talk over TCP on loopback only; a threads-only cluster uses in-process comms.
