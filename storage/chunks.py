@@ -113,25 +113,39 @@ class ChunkReader:
         except FileNotFoundError:
             out[...] = self.fill_value  # never written: the fill value, as zarr reads it
             return
+        decoder, crc = plan["decoder"], plan["crc"]
+        buf = None
         try:
             if per_shard:
                 offset, nbytes = self._shard_index(shard, fd, file)[inner]
                 if offset == _MISSING:
                     out[...] = self.fill_value
                     return
-                raw = os.pread(fd, int(nbytes), int(offset))
+                offset, nbytes = int(offset), int(nbytes)
             else:
-                raw = os.pread(fd, os.fstat(fd).st_size, 0)
+                offset, nbytes = 0, os.fstat(fd).st_size
+            if decoder is None:  # uncompressed: straight into ``out``, the CRC (if any) beside it
+                target = out.reshape(-1).view(np.uint8)
+                tail = bytearray(4 if crc else 0)
+                if nbytes != target.nbytes + len(tail) or os.preadv(fd, [target, tail], offset) != nbytes:
+                    raise StoreError(f"{file}: chunk {k} is damaged ({nbytes} bytes stored); re-create the store")
+                if crc and crc32c.crc32c(target) != int.from_bytes(tail, "little"):
+                    raise StoreError(f"{file}: chunk {k} is damaged (CRC32C mismatch); re-create the store")
+            else:
+                # One reusable read buffer per reader; popped so that a concurrent read allocates its own.
+                buf = self.__dict__.pop("_read_buffer", None)
+                if buf is None or len(buf) < nbytes:
+                    buf = bytearray(nbytes + nbytes // 8)
+                payload = memoryview(buf)[:nbytes]
+                if os.preadv(fd, [payload], offset) != nbytes:
+                    raise StoreError(f"{file}: chunk {k} is truncated; re-create the store")
         finally:
             os.close(fd)
-        payload = memoryview(raw)
-        if plan["crc"]:
-            payload = _checked(payload, file, k)
-        decoder = plan["decoder"]
-        if decoder is None:
-            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(payload, np.uint8)
-        else:
-            decoder.decode(payload, out=out)
+        if decoder is not None:
+            try:
+                decoder.decode(_checked(payload, file, k) if crc else payload, out=out)
+            finally:
+                self._read_buffer = buf
         if plan["swap"]:
             out.byteswap(inplace=True)
 
