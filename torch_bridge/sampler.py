@@ -31,6 +31,10 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
     ``np.random.default_rng([seed, epoch])`` and the samples of chunk ``k`` with
     ``np.random.default_rng([seed, epoch, k])``. Call :meth:`set_epoch` before each epoch.
 
+    A short last chunk always comes last (the full chunks are permuted before it): with a ``batch_size`` that is
+    a multiple of the chunk size every batch then holds whole chunks, so DataLoader workers, which take batches
+    in turn, never decode the same chunk twice.
+
     For distributed training the shuffled chunks are dealt round-robin to ``num_replicas`` ranks, so two ranks
     never read the same chunk. As with :class:`torch.utils.data.DistributedSampler`, every rank yields the same
     number of samples, :func:`len`: without ``drop_last`` a rank short of that repeats its own samples from the
@@ -111,11 +115,14 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
         )
 
     def chunk_order(self) -> np.ndarray:
-        """The chunks of all ranks in this epoch's order."""
+        """The chunks of all ranks in this epoch's order (a short last chunk last)."""
         n_chunks = len(self._sizes)
         if not self.shuffle:
             return np.arange(n_chunks)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n_chunks)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if n_chunks > 1 and self._sizes[-1] < self._sizes[0]:  # the short last chunk goes last
+            return np.append(rng.permutation(n_chunks - 1), n_chunks - 1)
+        return rng.permutation(n_chunks)
 
     def _samples(self, chunks: np.ndarray) -> np.ndarray:
         parts = []

@@ -42,8 +42,8 @@ def test_an_epoch_is_a_chunk_contiguous_permutation() -> None:
     runs = chunk_runs(order, 64)
     assert sorted(runs) == list(range(16))  # each chunk visited in one run
     assert runs != list(range(16))  # chunks shuffled
-    first = order[:64] if runs[0] != 15 else order[:40]
-    assert first != sorted(first)  # samples shuffled within a chunk
+    assert runs[-1] == 15  # the short chunk (40 samples) last: batches of 64 stay chunk-aligned
+    assert order[:64] != sorted(order[:64])  # samples shuffled within a chunk
 
 
 def test_deterministic_per_seed_and_epoch() -> None:
@@ -63,10 +63,37 @@ def test_deterministic_per_seed_and_epoch() -> None:
 def test_chunk_order_depends_only_on_seed_and_epoch() -> None:
     sampler = ChunkShuffleSampler(FakeChunks(1000, 64), seed=2)
     sampler.set_epoch(4)
-    np.testing.assert_array_equal(sampler.chunk_order(), np.random.default_rng([2, 4]).permutation(16))
+    full_chunks = np.random.default_rng([2, 4]).permutation(15)  # the short chunk 15 goes last
+    np.testing.assert_array_equal(sampler.chunk_order(), [*full_chunks, 15])
     k = int(sampler.chunk_order()[0])
-    expected = k * 64 + np.random.default_rng([2, 4, k]).permutation(64 if k < 15 else 40)
+    expected = k * 64 + np.random.default_rng([2, 4, k]).permutation(64)
     np.testing.assert_array_equal(sampler.indices()[: len(expected)], expected)
+    last = 960 + np.random.default_rng([2, 4, 15]).permutation(40)
+    np.testing.assert_array_equal(sampler.indices()[-40:], last)
+
+
+def test_full_chunks_are_all_shuffled() -> None:
+    sampler = ChunkShuffleSampler(FakeChunks(1024, 64), seed=2)  # no short chunk: all 16 permuted
+    sampler.set_epoch(4)
+    np.testing.assert_array_equal(sampler.chunk_order(), np.random.default_rng([2, 4]).permutation(16))
+    lasts = set()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        lasts.add(int(sampler.chunk_order()[-1]))
+    assert len(lasts) > 1
+
+
+def test_batches_of_whole_chunks_with_a_short_last_chunk() -> None:
+    grid = FakeChunks(1000, 64)
+    sampler = ChunkShuffleSampler(grid, seed=9)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        order = sampler.indices()
+        for start in range(0, 1000, 128):  # batches of two chunks: each holds exactly two whole chunks
+            batch = order[start : start + 128]
+            chunks = np.unique(batch // 64)  # the last batch: a full chunk and the short one
+            assert len(chunks) == 2
+            assert sorted(batch.tolist()) == [i for k in chunks for i in range(*grid.chunk_bounds(int(k)))]
 
 
 def test_no_shuffle_is_sequential() -> None:
