@@ -113,7 +113,7 @@ def run_zarrforge(files: list[Path], work: Path, label: str) -> dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with RSSSampler(proc.pid) as sampler:
-        out, err = proc.communicate()
+        _, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"zarrforge patches failed:\n{err[-3000:]}")
     os.sync()

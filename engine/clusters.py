@@ -71,8 +71,9 @@ def _local_cluster() -> Iterator[LocalCluster]:
         threads_per_worker=int(threads),
         processes=processes,
         memory_limit=config.get("local.memory-limit"),
-        # Worker processes talk over TCP on loopback only; a threads-only cluster uses in-process comms.
-        **({"host": "127.0.0.1"} if processes else {}),
+        # TCP on loopback only, also without worker processes, so the dashboard link names 127.0.0.1.
+        protocol="tcp://",
+        host="127.0.0.1",
         dashboard_address=str(config.get("local.dashboard-address")),
         silence_logs=logging.WARNING,
     ) as lc:
