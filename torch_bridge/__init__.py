@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from . import _torch  # noqa: F401  (first: a missing torch raises an ImportError that says what to install)
 from .cache import ChunkCache
-from .dataset import ZarrDataset
-from .loader import make_loader
+from .dataset import SampleBatch, ZarrDataset
+from .loader import collate, make_loader
 from .sampler import ChunkShuffleSampler
 
-__all__ = ["ChunkCache", "ChunkShuffleSampler", "ZarrDataset", "make_loader"]
+__all__ = ["ChunkCache", "ChunkShuffleSampler", "SampleBatch", "ZarrDataset", "collate", "make_loader"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import operator
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,14 @@ from storage.errors import StoreError
 from ._torch import torch
 from .cache import ChunkCache
 
-__all__ = ["ZarrDataset"]
+__all__ = ["SampleBatch", "ZarrDataset"]
 
 log = logging.getLogger(__name__)
 
 MiB = 2**20
+
+# Samples of a batch grouped by chunk: (chunk, indices within it, where they go in the batch) per chunk.
+_Groups = list[tuple[int, np.ndarray, slice | np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,31 @@ class _ArrayInfo:
     chunk_samples: int
 
 
+class SampleBatch(list):  # type: ignore[type-arg]
+    """The samples of one batch, as :meth:`ZarrDataset.__getitems__` returns them, with the batch already stacked.
+
+    A list of per-sample dicts, as a DataLoader's ``default_collate`` expects, whose tensors are views of the
+    rows of the batch's tensors; ``stacked`` is what ``default_collate`` would make of the list, built without
+    a further copy. :func:`torch_bridge.collate` returns it as it is.
+
+    Parameters
+    ----------
+    samples : iterable of dict
+        The per-sample dicts, in the requested order.
+    stacked : dict
+        The collated batch: one tensor per array, and ``"meta"`` as ``default_collate`` makes it.
+
+    Attributes
+    ----------
+    stacked : dict
+        As given.
+    """
+
+    def __init__(self, samples: Iterable[dict[str, Any]] = (), stacked: dict[str, Any] | None = None) -> None:
+        super().__init__(samples)
+        self.stacked: dict[str, Any] = {} if stacked is None else stacked
+
+
 class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Samples of a training store as dicts of tensors, read chunk by chunk through a per-process cache.
 
@@ -42,6 +72,10 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
     ``metadata`` arrays at ``i`` (Python numbers for 1-D arrays, tensors otherwise) when ``return_metadata``.
     The whole chunk holding a sample is decoded once into a :class:`ChunkCache`, so reading samples chunk by chunk
     (see :class:`~torch_bridge.ChunkShuffleSampler`) decodes each chunk once per epoch.
+
+    A DataLoader with a ``batch_size`` reads whole batches through :meth:`__getitems__`: one gather per chunk
+    and array into the batch, so ``default_collate`` and, without a copy, :func:`torch_bridge.collate` (the
+    default of :func:`~torch_bridge.make_loader`) get the same batches as from sample-by-sample reads.
 
     The dataset is safe in DataLoader workers: it pickles as its path and options; chunk readers, the cache and
     in-memory copies are opened lazily in each process, and again after a fork.
@@ -256,6 +290,108 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         if self.transform is not None:
             return self.transform(sample)
         return sample
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """Read the samples ``indices`` at once (a DataLoader calls this with a whole batch's indices).
+
+        Samples are grouped by chunk, and each chunk's samples are gathered with one fancy index per array into
+        the batch's arrays, in the order asked for.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Sample indices, negative ones counting from the end.
+
+        Returns
+        -------
+        SampleBatch or list
+            The samples, equal to ``[self[i] for i in indices]``: a :class:`SampleBatch` whose ``stacked`` is the
+            collated batch; with a ``transform``, that plain list (transforms work on single samples).
+
+        Raises
+        ------
+        IndexError
+            An index is out of range.
+        """
+        if self.transform is not None:
+            return [self[i] for i in indices]
+        n = self._n
+        idx = np.fromiter((operator.index(i) for i in indices), dtype=np.int64, count=len(indices))
+        idx[idx < 0] += n
+        bad = np.flatnonzero((idx < 0) | (idx >= n))
+        if len(bad):
+            raise IndexError(f"sample {indices[int(bad[0])]} out of range for {n} samples of {self.path}")
+        self._ensure_process()
+        groups: dict[int, _Groups] = {}
+        stacked: dict[str, Any] = {}
+        columns: list[Sequence[Any]] = []
+        for name, c in self._read_plan:
+            batch = torch.from_numpy(self._gather(name, c, idx, groups))
+            stacked[name] = batch
+            columns.append(batch.unbind(0))
+        samples = [dict(zip(self.arrays, row, strict=True)) for row in zip(*columns, strict=True)]
+        if self.return_metadata:
+            meta: dict[str, Any] = {}
+            meta_columns: list[Sequence[Any]] = []
+            for name, c, scalar in self._meta_plan:
+                gathered = self._gather(name, c, idx, groups)
+                if scalar:  # Python numbers per sample, as row.item(); stacked as default_collate stacks them
+                    values = gathered.tolist()
+                    meta[name] = torch.utils.data.default_collate(values)
+                    meta_columns.append(values)
+                else:
+                    batch = torch.from_numpy(gathered)
+                    meta[name] = batch
+                    meta_columns.append(batch.unbind(0))
+            stacked["meta"] = meta
+            for sample, row in zip(samples, zip(*meta_columns, strict=True), strict=True):
+                sample["meta"] = dict(zip(self.metadata, row, strict=True))
+        return SampleBatch(samples, stacked)
+
+    def _gather(self, name: str, c: int, idx: np.ndarray, groups: dict[int, _Groups]) -> np.ndarray:
+        """Samples ``idx`` of array ``name`` (``c`` samples per chunk) as a new array, one gather per chunk."""
+        if self._memory is not None:
+            return self._memory[name][idx]  # fancy indexing copies
+        if c not in groups:
+            groups[c] = _chunk_groups(idx, c)
+        reader = self._readers[name]
+        out: np.ndarray | None = None
+        for k, local, where in groups[c]:
+            chunk = self._cache.get((name, k), functools.partial(reader.read_chunk, k))  # type: ignore[union-attr]
+            if out is None:
+                out = np.empty((len(idx), *chunk.shape[1:]), dtype=chunk.dtype)
+            if isinstance(where, slice):  # the chunk's samples are consecutive in the batch: gather in place
+                np.take(chunk, local, axis=0, out=out[where], mode="clip")  # "clip": no buffering, checked above
+            else:
+                out[where] = chunk[local]
+        if out is None:  # no samples
+            out = np.empty((0, *self._info[name].shape[1:]), dtype=self._info[name].dtype)
+        return out
+
+
+def _chunk_groups(idx: np.ndarray, c: int) -> _Groups:
+    """Group sample indices by chunk: ``(chunk, indices within it, where they go in the batch)`` per chunk.
+
+    Where they go is a slice when the chunk's samples are consecutive in ``idx`` (as in chunk-by-chunk order),
+    else an array of positions.
+    """
+    ks = idx // c
+    if len(ks) == 0:
+        return []
+    if ks[0] == ks[-1] and (ks == ks[0]).all():
+        k = int(ks[0])
+        return [(k, idx - k * c, slice(0, len(idx)))]
+    order = np.argsort(ks, kind="stable")  # positions of each chunk's samples, increasing
+    sorted_ks = ks[order]
+    bounds = [0, *(np.flatnonzero(sorted_ks[1:] != sorted_ks[:-1]) + 1).tolist(), len(idx)]
+    groups: _Groups = []
+    for a, b in itertools.pairwise(bounds):
+        where = order[a:b]
+        k = int(sorted_ks[a])
+        first, last = int(where[0]), int(where[-1])
+        place: slice | np.ndarray = slice(first, last + 1) if last - first == b - a - 1 else where
+        groups.append((k, idx[where] - k * c, place))
+    return groups
 
 
 def _list_arrays(path: Path) -> dict[str, _ArrayInfo]:

@@ -6,9 +6,40 @@ import multiprocessing.context
 from typing import Any
 
 from ._torch import torch
+from .dataset import SampleBatch
 from .sampler import ChunkShuffleSampler
 
-__all__ = ["make_loader"]
+__all__ = ["collate", "make_loader"]
+
+
+def collate(batch: list[Any]) -> Any:
+    """Collate a batch: the stacked batch a :class:`~torch_bridge.SampleBatch` carries, else ``default_collate``.
+
+    A :class:`~torch_bridge.ZarrDataset` read through a DataLoader with a ``batch_size`` already stacks each batch
+    (see :meth:`~torch_bridge.ZarrDataset.__getitems__`); this returns it without a copy, so one tensor per array
+    crosses a worker's queue. Anything else (samples of other datasets, a dataset with a ``transform``) goes
+    through :func:`torch.utils.data.default_collate`, with the same result.
+
+    Parameters
+    ----------
+    batch : list
+        The samples of a batch, as the DataLoader's fetcher passes them.
+
+    Returns
+    -------
+    Any
+        The collated batch, equal to ``default_collate(batch)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> collate([{"x": torch.zeros(2)}, {"x": torch.ones(2)}])["x"]
+    tensor([[0., 0.],
+            [1., 1.]])
+    """
+    if isinstance(batch, SampleBatch):
+        return batch.stacked
+    return torch.utils.data.default_collate(batch)
 
 
 def make_loader(
@@ -48,7 +79,9 @@ def make_loader(
     pin_memory, drop_last : bool
         As for :class:`~torch.utils.data.DataLoader`.
     **kwargs
-        Further :class:`~torch.utils.data.DataLoader` arguments (``collate_fn``, ``prefetch_factor``, ...).
+        Further :class:`~torch.utils.data.DataLoader` arguments (``prefetch_factor``, ...). ``collate_fn``
+        defaults to :func:`collate` (with a ``batch_size``), which takes the batches :class:`ZarrDataset` stacks
+        as they are.
 
     Returns
     -------
@@ -77,6 +110,8 @@ def make_loader(
     """
     if sampler is None:
         sampler = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
+    if batch_size is not None and kwargs.get("collate_fn") is None:
+        kwargs["collate_fn"] = collate
     if num_workers > 0:
         if multiprocessing_context is None:
             multiprocessing_context = "spawn"

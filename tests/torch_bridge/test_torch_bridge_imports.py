@@ -47,4 +47,11 @@ def test_missing_torch_says_what_to_install() -> None:
 def test_public_names() -> None:
     import torch_bridge
 
-    assert sorted(torch_bridge.__all__) == ["ChunkCache", "ChunkShuffleSampler", "ZarrDataset", "make_loader"]
+    assert sorted(torch_bridge.__all__) == [
+        "ChunkCache",
+        "ChunkShuffleSampler",
+        "SampleBatch",
+        "ZarrDataset",
+        "collate",
+        "make_loader",
+    ]
