@@ -134,3 +134,40 @@ def test_write_pipeline_is_usable_from_python(micrograph_dir: Path, tmp_path: Pa
     out = xr.open_zarr(tmp_path / "n.zarr")
     assert out.patches.dtype == np.float32 and summary.samples == out.sizes["sample"]
     assert out.attrs["zarrforge"]["seed"] == 3
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    ("inputs", "size", "stride", "reference"),
+    [
+        ("cryoem-ucsf-micrograph/Ucsf_stack_1142_DW.mrc", 128, 64, "mrc"),
+        ("tif-i13-projections/tiffs", 64, 32, "tif"),
+        ("nexus-k11-diad/k11-18014.nxs", 16, 8, "nexus"),
+    ],
+)
+def test_real_files_end_to_end(
+    real_data: Path, tmp_path: Path, threads_cluster: None, inputs: str, size: int, stride: int, reference: str
+):
+    import h5py
+    import mrcfile
+    import tifffile
+
+    source = real_data / inputs
+    summary = run_patches(source, tmp_path / "real.zarr", size=size, stride=stride, progress=False)
+    ds = xr.open_zarr(tmp_path / "real.zarr")
+    if reference == "mrc":
+        images = mrcfile.read(source)[None]
+    elif reference == "tif":
+        images = np.stack([tifffile.imread(p) for p in sorted(source.glob("*.tif*"))])
+    else:
+        with h5py.File(source) as f:
+            keys = f["entry/instrument/imaging/image_key"][:]
+            images = f["entry/imaging/data"][:][keys == 0]
+    n, h, w = images.shape
+    corners = [(y, x) for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)]
+    assert summary.samples == ds.sizes["sample"] == n * len(corners)
+    assert ds.patches.dtype == images.dtype
+    for i in [0, len(corners) - 1, ds.sizes["sample"] - 1]:
+        image, (y, x) = divmod(i, len(corners))[0], corners[i % len(corners)]
+        np.testing.assert_array_equal(ds.patches[i].values, images[image, y : y + size, x : x + size])
+        assert (int(ds.y0[i]), int(ds.x0[i])) == (y, x)
