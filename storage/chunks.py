@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import crc32c
-import numcodecs
 import numpy as np
 import zarr
 
 from .errors import StoreError
+from .shards import ShardLayout, shard_layout
 
 __all__ = ["ChunkReader"]
 
-_MISSING = 2**64 - 1
+_MISSING = 2**64 - 1  # offset and length of a chunk a shard does not hold
 
 
 class ChunkReader:
@@ -59,9 +59,9 @@ class ChunkReader:
         self.shape: tuple[int, ...] = tuple(meta["shape"])
         self.dtype = np.dtype(zarr.open_array(str(self.path), mode="r").dtype)
         self.fill_value = meta.get("fill_value", 0)
-        self._plan = _direct_plan(meta, self.shape) if fast else None
+        self._plan: ShardLayout | None = shard_layout(self.path) if fast else None
         if self._plan is not None:
-            self.chunk_samples = self._plan["chunk_samples"]
+            self.chunk_samples = self._plan.chunk_samples
         else:
             self.chunk_samples = int(zarr.open_array(str(self.path), mode="r").chunks[0])
         self._zarr: Any = None
@@ -105,15 +105,15 @@ class ChunkReader:
     def _decode_into(self, k: int, out: np.ndarray) -> None:
         plan = self._plan
         assert plan is not None
-        per_shard = plan["chunks_per_shard"]
+        per_shard = plan.chunks_per_shard
         shard, inner = divmod(k, per_shard) if per_shard else (k, 0)
-        file = self.path / plan["key"](shard, len(self.shape))
+        file = self.path / plan.key(shard)
         try:
             fd = os.open(file, os.O_RDONLY)
         except FileNotFoundError:
             out[...] = self.fill_value  # never written: the fill value, as zarr reads it
             return
-        decoder, crc = plan["decoder"], plan["crc"]
+        decoder, crc = plan.codec, plan.crc
         buf = None
         try:
             if per_shard:
@@ -146,17 +146,18 @@ class ChunkReader:
                 decoder.decode(_checked(payload, file, k) if crc else payload, out=out)
             finally:
                 self._read_buffer = buf
-        if plan["swap"]:
+        if plan.big_endian:
             out.byteswap(inplace=True)
 
     def _shard_index(self, shard: int, fd: int, file: Path) -> np.ndarray:
         index = self._indexes.get(shard)
         if index is None:
-            per_shard = self._plan["chunks_per_shard"]  # type: ignore[index]
-            size = per_shard * 16 + (4 if self._plan["index_crc"] else 0)  # type: ignore[index]
+            assert self._plan is not None
+            per_shard = self._plan.chunks_per_shard
+            size = per_shard * 16 + (4 if self._plan.index_crc else 0)
             end = os.fstat(fd).st_size
             raw = memoryview(os.pread(fd, size, end - size))
-            if self._plan["index_crc"]:  # type: ignore[index]
+            if self._plan.index_crc:
                 raw = _checked(raw, file, shard)
             index = np.frombuffer(raw, dtype="<u8").reshape(per_shard, 2)
             self._indexes[shard] = index
@@ -168,62 +169,3 @@ def _checked(payload: memoryview, file: Path, k: int) -> memoryview:
     if crc32c.crc32c(body) != stored:
         raise StoreError(f"{file}: chunk {k} is damaged (CRC32C mismatch); re-create the store")
     return body
-
-
-def _direct_plan(meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any] | None:
-    """Return how to read chunks directly, or ``None`` if the layout needs zarr-python."""
-    if meta.get("zarr_format") != 3 or not isinstance(meta.get("data_type"), str):
-        return None
-    grid = meta.get("chunk_grid", {})
-    enc = meta.get("chunk_key_encoding", {})
-    if grid.get("name") != "regular" or enc.get("name") != "default":
-        return None
-    sep = enc.get("configuration", {}).get("separator", "/")
-    outer = tuple(grid["configuration"]["chunk_shape"])
-    codecs = meta.get("codecs", [])
-    if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
-        conf = codecs[0]["configuration"]
-        inner = tuple(conf["chunk_shape"])
-        index_codecs = [c["name"] for c in conf.get("index_codecs", [])]
-        if conf.get("index_location", "end") != "end" or index_codecs not in (
-            ["bytes"],
-            ["bytes", "crc32c"],
-        ):
-            return None
-        chain = conf["codecs"]
-        chunks_per_shard = outer[0] // inner[0]
-        if outer[1:] != shape[1:] or outer[0] % inner[0]:
-            return None
-        index_crc = index_codecs == ["bytes", "crc32c"]
-    else:
-        inner, chain, chunks_per_shard, index_crc = outer, codecs, 0, False
-    if inner[1:] != shape[1:]:
-        return None  # chunked along other axes too
-    names = [c["name"] for c in chain]
-    if not names or names[0] != "bytes":
-        return None
-    endian = chain[0].get("configuration", {}).get("endian", "little")
-    crc = names[-1] == "crc32c"
-    middle = names[1:-1] if crc else names[1:]
-    if middle == []:
-        decoder = None
-    elif middle == ["blosc"]:
-        decoder = numcodecs.Blosc()  # Blosc's header says how to decode
-    elif middle == ["zstd"]:
-        decoder = numcodecs.Zstd()
-    else:
-        return None
-    ndim = len(shape)
-
-    def key(shard: int, ndim: int = ndim) -> str:
-        return sep.join(["c", str(shard), *(["0"] * (ndim - 1))])
-
-    return {
-        "chunk_samples": inner[0],
-        "chunks_per_shard": chunks_per_shard,
-        "key": key,
-        "crc": crc,
-        "index_crc": index_crc,
-        "decoder": decoder,
-        "swap": endian == "big" and np.dtype(meta["data_type"]).itemsize > 1,
-    }
