@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -128,7 +129,7 @@ def write_dataset(
     pending = iter(todo)
     futures = as_completed(loop=client.loop)
     try:
-        for block in _take(pending, max_in_flight):
+        for block in itertools.islice(pending, max_in_flight):
             futures.add(submit(block))
         for future in futures:
             try:
@@ -141,7 +142,7 @@ def write_dataset(
                 future.release()
             written += 1
             bar.update(1)
-            for block in _take(pending, 1):
+            if (block := next(pending, None)) is not None:
                 futures.add(submit(block))
     except BaseException:
         for future in list(futures.futures):
@@ -184,15 +185,6 @@ class _BlockWriter:
             return self.store.write_block(self.block, dict(zip(self.names, arrays, strict=True)))
         except OSError as e:  # disk full, permissions: name the store and block, keep the errno text
             raise StoreError(f"{self.store.path}: writing block {self.block.index} failed: {e}") from e
-
-
-def _take(iterator: Any, n: int) -> list[Any]:
-    out = []
-    for item in iterator:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
 
 
 def _check_chunks(ds: xr.Dataset, blocks: list[Block]) -> None:
