@@ -1,10 +1,10 @@
 """Codec chains of training stores.
 
 The default is Blosc-LZ4 with byte shuffle over whole chunks, followed by a CRC32C checksum so a torn or damaged
-chunk is an error on read, never silent garbage. Measured on this project's 2-core machines on 64-sample chunks of
-128×128 float32 micrograph patches (``benchmarks/bench_codecs.py``): Blosc-LZ4 writes about twice as fast as zstd
-level 1 and decodes several times faster, for ~15% less compression. Patch stores are written once and read every
-epoch, so both speeds matter more than the last 15% of disk.
+chunk is an error on read, never silent garbage. Measured on this project's 2-core machines on 64-sample chunks
+of 128×128 float32 micrograph patches (``benchmarks/bench_codecs.py``): on the real UCSF micrograph Blosc-LZ4
+wrote 1.7× and decoded 3.3× as fast as zstd level 1 for 15% less compression; on synthetic micrographs 1.2× and
+1.3× as fast for 30% less. Patch stores are written once and read every epoch, by loaders bound by decoding.
 """
 
 from __future__ import annotations
