@@ -84,3 +84,27 @@ def test_resume_after_sigkill_recomputes_nothing_and_matches_a_clean_run(tmp_pat
     assert not list(killed.rglob("*.partial"))
     assert_stores_identical(clean, killed)
     verify_store(killed)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path):
+    mics = tmp_path / "mics"
+    write_micrographs(mics, 6, (400, 400), seed=3)
+    env = {**os.environ, **ENV}
+    out = tmp_path / "t.zarr"
+    proc = subprocess.Popen(command(mics, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while done_blocks(out) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr and "Traceback" not in stderr
+    store = TrainingStore.open(out)
+    done, total = store.progress()
+    assert 0 < done < total and not store.complete
+    resumed = subprocess.run(command(mics, out), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert TrainingStore.open(out).attrs["summary"]["blocks_skipped"] >= done
+    verify_store(out)
