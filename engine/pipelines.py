@@ -6,80 +6,23 @@ before the output is touched, so bad input never damages an existing store.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from graphs.patches import extract_patches
 from graphs.windows import Edges
-from storage.errors import SourceError
 from storage.layout import SampleGrid, sample_grid
-from storage.sources import open_hdf5, open_mrc, open_npy, open_tiffs, resolve_paths
+from storage.sources import open_images
 from storage.store import ArraySpec, TrainingStore
 
 from . import config
 from .clusters import connect
 from .run import RunSummary, write_dataset
 
-__all__ = ["SOURCE_SUFFIXES", "open_images", "run_patches", "store_grid", "write_pipeline"]
-
-log = logging.getLogger(__name__)
-
-#: File suffixes each reader takes.
-SOURCE_SUFFIXES = {
-    "mrc": (".mrc", ".mrcs", ".map", ".st", ".ali", ".rec"),
-    "tif": (".tif", ".tiff"),
-    "npy": (".npy",),
-    "hdf5": (".h5", ".hdf", ".hdf5", ".nxs"),
-}
-
-
-def open_images(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    *,
-    fmt: str = "auto",
-    dataset: str | None = None,
-) -> xr.DataArray:
-    """Open files (paths, globs, folders) as one lazy ``(image, y, x)`` stack, choosing the reader by suffix.
-
-    HDF5/NeXus files give their ``dataset`` or, for a NeXus tomography scan, its projections.
-    """
-    paths = resolve_paths(inputs, suffixes=tuple(s for group in SOURCE_SUFFIXES.values() for s in group))
-    if fmt == "auto":
-        kinds = {_kind(p) for p in paths}
-        if len(kinds) != 1:
-            raise SourceError(
-                f"inputs mix file types ({', '.join(sorted(k or '?' for k in kinds))}); "
-                "give one kind of file or pass --format"
-            )
-        fmt = kinds.pop() or ""
-        if not fmt:
-            raise SourceError(f"{paths[0]}: unknown file type; pass --format mrc|tif|npy|hdf5")
-    if fmt == "mrc":
-        images = open_mrc(paths)
-    elif fmt == "tif":
-        images = open_tiffs(paths)
-    elif fmt == "npy":
-        images = open_npy(paths)
-    elif fmt == "hdf5":
-        opened = open_hdf5(paths, dataset)
-        images = opened["projections"] if isinstance(opened, xr.Dataset) else opened
-    else:
-        raise SourceError(f"unknown --format {fmt!r}: use auto, mrc, tif, npy or hdf5")
-    if images.ndim == 2:
-        images = images.expand_dims("image")
-    if images.ndim != 3:
-        raise SourceError(f"{paths[0]}: expected 2-D images or stacks of them, got dims {images.dims}")
-    return images
-
-
-def _kind(path: Path) -> str | None:
-    suffix = path.suffix.lower()
-    return next((kind for kind, suffixes in SOURCE_SUFFIXES.items() if suffix in suffixes), None)
+__all__ = ["run_patches", "store_grid", "write_pipeline"]
 
 
 def store_grid(sample_nbytes: int) -> SampleGrid:

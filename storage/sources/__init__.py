@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from storage.sources._paths import file_record, resolve_paths
 from storage.sources.hdf5 import open_hdf5
+from storage.sources.images import SOURCE_SUFFIXES, open_images
 from storage.sources.mrc import open_mrc
 from storage.sources.npy import open_npy
 from storage.sources.tiff import open_tiffs
 
-__all__ = ["file_record", "open_hdf5", "open_mrc", "open_npy", "open_tiffs", "resolve_paths"]
+__all__ = [
+    "SOURCE_SUFFIXES",
+    "file_record",
+    "open_hdf5",
+    "open_images",
+    "open_mrc",
+    "open_npy",
+    "open_tiffs",
+    "resolve_paths",
+]

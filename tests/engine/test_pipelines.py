@@ -10,9 +10,10 @@ from dask.utils import key_split
 from distributed import get_task_stream
 
 from engine.clusters import connect
-from engine.pipelines import open_images, run_patches, store_grid, write_pipeline
+from engine.pipelines import run_patches, store_grid, write_pipeline
 from graphs.patches import extract_patches
 from storage.errors import StoreMismatchError
+from storage.sources import open_images
 from storage.testing import assert_stores_identical, store_files, verify_store
 
 
