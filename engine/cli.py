@@ -71,7 +71,8 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--cluster",
         default=None,
-        help="Where to run: local (default: an embedded LocalCluster), slurm, or a scheduler address tcp://host:port.",
+        help="Where to run: local (default: an embedded LocalCluster) or a scheduler address tcp://host:port "
+        "(slurm is not available yet).",
     )
     @click.option(
         "--overwrite", is_flag=True, help="Replace an existing store that was made with other parameters."
