@@ -18,8 +18,23 @@ log = logging.getLogger(__name__)
 
 
 def describe_profile(cluster: str | None = None) -> str:
-    """Name the profile ``cluster`` resolves to (after dask config), e.g. ``"local"``."""
-    return str(config.get("cluster", cluster))
+    """Name the profile ``cluster`` resolves to (after dask config), e.g. ``"local"``.
+
+    Raises
+    ------
+    ClusterError
+        For a profile that does not exist (checked before anything is written).
+    """
+    profile = str(config.get("cluster", cluster))
+    if profile == "slurm":
+        raise ClusterError(
+            "--cluster slurm is not available in this version yet; use --cluster local or a scheduler address"
+        )
+    if profile != "local" and ":" not in profile:
+        raise ClusterError(
+            f"unknown cluster {profile!r}: use local, slurm, or a scheduler address tcp://host:port"
+        )
+    return profile
 
 
 @contextmanager
@@ -42,11 +57,7 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
         with _local_cluster() as lc, Client(lc, set_as_default=False) as client:
             log.info("dashboard: %s", client.dashboard_link)
             yield client
-    elif profile == "slurm":
-        raise ClusterError(
-            "--cluster slurm is not available in this version yet; use --cluster local or a scheduler address"
-        )
-    elif "://" in profile or ":" in profile:
+    else:
         try:
             client = Client(profile, timeout="10s", set_as_default=False)
         except OSError as e:
@@ -54,10 +65,6 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
         with client:
             log.info("connected to %s; dashboard: %s", profile, client.dashboard_link)
             yield client
-    else:
-        raise ClusterError(
-            f"unknown cluster {profile!r}: use local, slurm, or a scheduler address tcp://host:port"
-        )
 
 
 @contextmanager

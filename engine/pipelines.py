@@ -19,7 +19,7 @@ from storage.sources import open_images
 from storage.store import ArraySpec, TrainingStore
 
 from . import config
-from .clusters import connect
+from .clusters import connect, describe_profile
 from .run import RunSummary, write_dataset
 
 __all__ = ["run_patches", "store_grid", "write_pipeline"]
@@ -51,6 +51,7 @@ def write_pipeline(
     ``ds`` must be chunked on ``sample`` by ``grid.shard_samples``; its ``attrs`` hold ``parameters`` and
     ``sources``. The cluster is started only if there is work to do.
     """
+    describe_profile(cluster)  # an unknown cluster is an error before the store is touched
     specs = [
         ArraySpec(name, tuple(map(str, var.dims)), tuple(var.shape), np.dtype(var.dtype), dict(var.attrs))
         for name, var in ds.data_vars.items()

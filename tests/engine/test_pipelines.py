@@ -172,3 +172,36 @@ def test_real_files_end_to_end(
         image, (y, x) = divmod(i, len(corners))[0], corners[i % len(corners)]
         np.testing.assert_array_equal(ds.patches[i].values, images[image, y : y + size, x : x + size])
         assert (int(ds.y0[i]), int(ds.x0[i])) == (y, x)
+
+
+def test_runs_on_a_scheduler_that_already_runs(micrograph_dir: Path, tmp_path: Path):
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        summary = run_patches(
+            micrograph_dir,
+            tmp_path / "a.zarr",
+            size=64,
+            stride=64,
+            cluster=cluster.scheduler_address,
+            progress=False,
+        )
+        assert summary.blocks_written == summary.blocks_total
+        assert len(cluster.scheduler.workers) == 1  # the cluster we were given, still up
+
+
+def test_unknown_cluster_profile_is_one_clear_error(micrograph_dir: Path, tmp_path: Path):
+    from engine.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="unknown cluster 'nowhere'"):
+        run_patches(micrograph_dir, tmp_path / "a.zarr", size=64, cluster="nowhere", progress=False)
+    with pytest.raises(ClusterError, match="slurm is not available"):
+        run_patches(micrograph_dir, tmp_path / "b.zarr", size=64, cluster="slurm", progress=False)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
