@@ -16,6 +16,15 @@ from . import _torch  # noqa: F401  (first: a missing torch raises an ImportErro
 from .cache import ChunkCache
 from .dataset import SampleBatch, ZarrDataset
 from .loader import collate, make_loader
-from .sampler import ChunkShuffleSampler
+from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler
 
-__all__ = ["ChunkCache", "ChunkShuffleSampler", "SampleBatch", "ZarrDataset", "collate", "make_loader"]
+__all__ = [
+    "BatchIndices",
+    "ChunkBatchSampler",
+    "ChunkCache",
+    "ChunkShuffleSampler",
+    "SampleBatch",
+    "ZarrDataset",
+    "collate",
+    "make_loader",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -25,8 +26,8 @@ class ChunkCache:
     Attributes
     ----------
     stats : dict of str to int
-        ``hits``, ``misses``, ``decodes`` (calls of a loader), ``evictions``, and the current ``nbytes`` and
-        ``entries``.
+        ``hits``, ``misses``, ``decodes`` (calls of a loader), ``evictions``, ``prefetched`` (decodes started
+        ahead of use by :meth:`prefetch`), and the current ``nbytes`` and ``entries``.
 
     Examples
     --------
@@ -48,7 +49,8 @@ class ChunkCache:
         self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
-        self._counts = {"hits": 0, "misses": 0, "decodes": 0, "evictions": 0}
+        self._counts = {"hits": 0, "misses": 0, "decodes": 0, "evictions": 0, "prefetched": 0}
+        self._pending: dict[Hashable, Future[np.ndarray]] = {}  # chunks a prefetch thread is decoding
 
     def __repr__(self) -> str:
         return (
@@ -93,8 +95,29 @@ class ChunkCache:
                 self._entries.move_to_end(key)
                 self._counts["hits"] += 1
                 return value
-            self._counts["misses"] += 1
-        value = loader_fn()  # decode outside the lock
+            pending = self._pending.get(key)
+            if pending is None:
+                self._counts["misses"] += 1
+        if pending is not None:  # being decoded by a prefetch: wait for it rather than decode it twice
+            return pending.result()
+        return self._store(key, loader_fn())  # decode outside the lock
+
+    def prefetch(self, key: Hashable, loader_fn: Callable[[], np.ndarray], executor: Executor) -> None:
+        """Decode ``key`` on ``executor`` unless it is cached or already on its way; :meth:`get` waits for it."""
+        with self._lock:
+            if key in self._entries or key in self._pending or self.capacity_bytes == 0:
+                return
+            self._counts["prefetched"] += 1
+            self._pending[key] = executor.submit(self._load, key, loader_fn)
+
+    def _load(self, key: Hashable, loader_fn: Callable[[], np.ndarray]) -> np.ndarray:
+        try:
+            return self._store(key, loader_fn())
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _store(self, key: Hashable, value: np.ndarray) -> np.ndarray:
         with self._lock:
             self._counts["decodes"] += 1
             if value.nbytes > self.capacity_bytes or key in self._entries:

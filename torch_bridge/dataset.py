@@ -9,6 +9,7 @@ import logging
 import operator
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self._readers: dict[str, ChunkReader] = {}
         self._cache: ChunkCache | None = None
         self._memory: dict[str, np.ndarray] | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
 
     def _ensure_process(self) -> None:
         """Open readers and the cache in this process (again after a fork: handles are per process)."""
@@ -218,7 +220,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_pid", "_readers", "_cache", "_memory"):
+        for key in ("_pid", "_readers", "_cache", "_memory", "_prefetcher"):
             state.pop(key, None)
         return state
 
@@ -315,6 +317,8 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         """
         if self.transform is not None:
             return [self[i] for i in indices]
+        if hints := getattr(indices, "prefetch", None):  # from ChunkBatchSampler: a later batch's chunks
+            self.prefetch(hints)
         n = self._n
         idx = np.fromiter((operator.index(i) for i in indices), dtype=np.int64, count=len(indices))
         idx[idx < 0] += n
@@ -347,6 +351,25 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             for sample, row in zip(samples, zip(*meta_columns, strict=True), strict=True):
                 sample["meta"] = dict(zip(self.metadata, row, strict=True))
         return SampleBatch(samples, stacked)
+
+    def prefetch(self, chunks: Iterable[int]) -> None:
+        """Start decoding chunks (of the primary array's grid) in a background thread of this process.
+
+        Decoding releases the GIL, so it overlaps with gathering the current batch; :meth:`__getitems__` does this
+        for the hints of :class:`~torch_bridge.ChunkBatchSampler`. Chunks already cached are skipped.
+        """
+        self._ensure_process()
+        if self._memory is not None or self._cache is None:
+            return
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrforge-prefetch")
+        primary = self.chunk_samples
+        plan = self._read_plan + (tuple((m, c) for m, c, _ in self._meta_plan) if self.return_metadata else ())
+        for k in chunks:
+            for name, c in plan:
+                if c == primary and 0 <= k < self._readers[name].n_chunks:
+                    reader = self._readers[name]
+                    self._cache.prefetch((name, k), functools.partial(reader.read_chunk, k), self._prefetcher)
 
     def _gather(self, name: str, c: int, idx: np.ndarray, groups: dict[int, _Groups]) -> np.ndarray:
         """Samples ``idx`` of array ``name`` (``c`` samples per chunk) as a new array, one gather per chunk."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._torch import torch
 from .dataset import SampleBatch
-from .sampler import ChunkShuffleSampler
+from .sampler import ChunkBatchSampler, ChunkShuffleSampler
 
 __all__ = ["collate", "make_loader"]
 
@@ -65,7 +65,10 @@ def make_loader(
     batch_size : int or None
         Samples per batch.
     sampler : torch.utils.data.Sampler, optional
-        Default: ``ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)``; call its ``set_epoch`` each epoch.
+        Default: batches of ``ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)`` through a
+        :class:`ChunkBatchSampler` (``loader.batch_sampler``), which lets each reader decode its next chunk in a
+        background thread while it gathers the current batch; call ``loader.batch_sampler.set_epoch(epoch)``
+        (or your sampler's ``set_epoch``) each epoch.
     shuffle, seed : bool, int
         Passed to the default sampler; ignored when ``sampler`` is given.
     num_workers : int
@@ -108,8 +111,6 @@ def make_loader(
     >>> [tuple(batch["x"].shape) for batch in loader]
     [(4, 2), (4, 2), (2, 2)]
     """
-    if sampler is None:
-        sampler = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
     if batch_size is not None and kwargs.get("collate_fn") is None:
         kwargs["collate_fn"] = collate
     if num_workers > 0:
@@ -117,7 +118,17 @@ def make_loader(
             multiprocessing_context = "spawn"
         if persistent_workers is None:
             persistent_workers = True
-    return torch.utils.data.DataLoader(
+    order = None
+    if sampler is None and batch_size is not None and "batch_sampler" not in kwargs:
+        # Batches that tell each reader which chunks its next batch needs: decoding overlaps gathering.
+        order = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
+        kwargs["batch_sampler"] = ChunkBatchSampler(
+            order, batch_size, drop_last=drop_last, lookahead=max(1, num_workers)
+        )
+        batch_size, drop_last = 1, False  # DataLoader's defaults, required alongside a batch_sampler
+    elif sampler is None:
+        sampler = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -128,3 +139,9 @@ def make_loader(
         drop_last=drop_last,
         **kwargs,
     )
+    if order is not None:
+        # With a batch_sampler DataLoader keeps a placeholder SequentialSampler as ``loader.sampler``; expose the
+        # real order there so ``loader.sampler.set_epoch(epoch)`` works as with a plain sampler. DataLoader only
+        # reads ``sampler`` when it has no batch_sampler, and refuses plain assignment after __init__.
+        object.__setattr__(loader, "sampler", order)
+    return loader

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
 from ._torch import torch
 
-__all__ = ["ChunkShuffleSampler", "ChunkedDataset"]
+__all__ = ["BatchIndices", "ChunkBatchSampler", "ChunkShuffleSampler", "ChunkedDataset"]
 
 
 class ChunkedDataset(Protocol):
@@ -171,3 +171,74 @@ def _per_rank_samples(sizes: np.ndarray, num_replicas: int, drop_last: bool) -> 
         return min(smallest, int(shares.min())) if num_replicas > 1 else smallest
     # the largest share: any rank, while another rank takes the short chunk, unless one rank holds everything
     return int(shares.max()) if len(holders) > 1 else int(holders[0]) - short
+
+
+class BatchIndices(list):  # type: ignore[type-arg]
+    """The sample indices of one batch, with ``prefetch``: the chunks a later batch of the same reader needs.
+
+    :class:`~torch_bridge.ZarrDataset` starts decoding those chunks in a background thread while it gathers this
+    batch; it pickles as it is into DataLoader workers' index queues.
+    """
+
+    def __init__(self, indices: Iterable[int] = (), prefetch: Iterable[int] = ()) -> None:
+        super().__init__(indices)
+        self.prefetch: tuple[int, ...] = tuple(prefetch)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchIndices, (list(self), self.prefetch))
+
+
+class ChunkBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of a :class:`ChunkShuffleSampler`'s order, each telling the dataset which chunks come next.
+
+    Batch ``b`` carries the chunks of batch ``b + lookahead`` (as :attr:`BatchIndices.prefetch`): with
+    ``lookahead`` equal to the number of DataLoader workers, which take batches in turn, that is the next batch
+    of the same worker, so each process decodes its next chunk while it gathers the current batch. The batches
+    are exactly those of ``DataLoader(batch_size=..., sampler=sampler, drop_last=...)``.
+
+    Parameters
+    ----------
+    sampler : ChunkShuffleSampler
+        The order; call :meth:`set_epoch` (passed on to it) each epoch.
+    batch_size : int
+        Samples per batch.
+    drop_last : bool
+        Drop a last batch shorter than ``batch_size``.
+    lookahead : int
+        How many batches ahead the hint points (``max(1, num_workers)``).
+
+    Examples
+    --------
+    >>> class Chunks:  # 10 samples in chunks of 4
+    ...     n_chunks = 3
+    ...     def __len__(self): return 10
+    ...     def chunk_bounds(self, k): return 4 * k, min(4 * k + 4, 10)
+    >>> batches = list(ChunkBatchSampler(ChunkShuffleSampler(Chunks(), shuffle=False), batch_size=4))
+    >>> [(list(b), b.prefetch) for b in batches]
+    [([0, 1, 2, 3], (1,)), ([4, 5, 6, 7], (2,)), ([8, 9], ())]
+    """
+
+    def __init__(
+        self, sampler: ChunkShuffleSampler, batch_size: int, *, drop_last: bool = False, lookahead: int = 1
+    ) -> None:
+        if batch_size < 1 or lookahead < 1:
+            raise ValueError(f"batch_size and lookahead must be >= 1, got {batch_size}, {lookahead}")
+        self.sampler, self.batch_size, self.drop_last, self.lookahead = sampler, batch_size, drop_last, lookahead
+        self._chunk_of = np.repeat(np.arange(len(sampler._sizes)), sampler._sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` for the next iteration."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.sampler.indices()
+        starts = range(0, len(self) * self.batch_size, self.batch_size)
+        batches = [order[start : start + self.batch_size] for start in starts]
+        for b, batch in enumerate(batches):
+            later = batches[b + self.lookahead] if b + self.lookahead < len(batches) else order[:0]
+            chunks = dict.fromkeys(self._chunk_of[later].tolist())  # first-use order, no repeats
+            yield BatchIndices(batch.tolist(), chunks)

@@ -15,7 +15,15 @@ def test_hit_does_not_call_the_loader() -> None:
     first = cache.get(("a", 0), lambda: chunk(1))
     second = cache.get(("a", 0), lambda: pytest.fail("loader called on a hit"))
     assert second is first
-    assert cache.stats == {"hits": 1, "misses": 1, "decodes": 1, "evictions": 0, "nbytes": 80, "entries": 1}
+    assert cache.stats == {
+        "hits": 1,
+        "misses": 1,
+        "decodes": 1,
+        "evictions": 0,
+        "prefetched": 0,
+        "nbytes": 80,
+        "entries": 1,
+    }
 
 
 def test_keys_are_distinct_per_array_and_chunk() -> None:
@@ -72,7 +80,15 @@ def test_clear_resets_everything() -> None:
     cache.get(0, lambda: chunk(0))
     cache.clear()
     assert len(cache) == 0
-    assert cache.stats == {"hits": 0, "misses": 0, "decodes": 0, "evictions": 0, "nbytes": 0, "entries": 0}
+    assert cache.stats == {
+        "hits": 0,
+        "misses": 0,
+        "decodes": 0,
+        "evictions": 0,
+        "prefetched": 0,
+        "nbytes": 0,
+        "entries": 0,
+    }
 
 
 def test_negative_capacity_is_refused() -> None:

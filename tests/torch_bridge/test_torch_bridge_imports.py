@@ -48,6 +48,8 @@ def test_public_names() -> None:
     import torch_bridge
 
     assert sorted(torch_bridge.__all__) == [
+        "BatchIndices",
+        "ChunkBatchSampler",
         "ChunkCache",
         "ChunkShuffleSampler",
         "SampleBatch",
