@@ -1,0 +1,36 @@
+"""The README's commands and Python example stay true to the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.config
+
+from engine.pipelines import run_patches
+from storage.synthetic import write_micrographs
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_python_example_runs(tmp_path: Path):
+    write_micrographs(tmp_path / "micrographs", 2, (320, 320))
+    with dask.config.set({"zarrforge.local.dashboard-address": "127.0.0.1:0"}):
+        run_patches(tmp_path / "micrographs", tmp_path / "train.zarr", size=128, stride=64, progress=False)
+    example = re.search(r"```python\n(import torch.*?)```", README.read_text(), re.S)
+    assert example is not None
+    (tmp_path / "example.py").write_text(example.group(1))
+    done = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_set_up_commands_are_what_ci_runs():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    test_command = 'pip install torch==2.13.0; pip install -e ".[torch,test]" && python -m pytest'
+    assert test_command in text and test_command in ci
+    assert 'pip install torch==2.13.0; pip install -e ".[torch]" && zarrforge demo' in text
