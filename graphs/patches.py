@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -161,9 +161,9 @@ def _binned_shape(images: xr.DataArray, bin: int) -> tuple[int, int, int]:
 
 def _as_dask(images: xr.DataArray) -> da.Array:
     data = images.data
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=(1, -1, -1))
-    return data
+    if isinstance(data, da.Array):
+        return data
+    return cast(da.Array, da.from_array(np.asarray(data), chunks=(1, -1, -1)))
 
 
 def _coord(images: xr.DataArray, name: str, default: np.ndarray) -> np.ndarray:
@@ -223,13 +223,13 @@ def _patches_array(
         layer[(name, k, 0, 0)] = (_cut_block, refs, _BlockPlan(tuple(pieces), grid, dtype, tuple(names)))
         sizes.append(stop - start)
     if not sizes:
-        return da.zeros((0, grid.size, grid.size), dtype, chunks=block_samples)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+        return cast(da.Array, da.zeros((0, grid.size, grid.size), dtype, chunks=block_samples))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[cast(Any, data)])
     return da.Array(graph, name, chunks=(tuple(sizes), (grid.size,), (grid.size,)), dtype=dtype)
 
 
 def _lookup(index: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return table[index].astype(np.int32)
+    return np.asarray(table[index], dtype=np.int32)
 
 
 def _cut_block(chunks: Sequence[Sequence[np.ndarray]], plan: _BlockPlan) -> np.ndarray:

@@ -125,7 +125,7 @@ class ChunkReader:
             else:
                 offset, nbytes = 0, os.fstat(fd).st_size
             if decoder is None:  # uncompressed: straight into ``out``, the CRC (if any) beside it
-                target = out.reshape(-1).view(np.uint8)
+                target = out.reshape(-1).view(np.uint8).data  # a writable memoryview of ``out``
                 tail = bytearray(4 if crc else 0)
                 if nbytes != target.nbytes + len(tail) or os.preadv(fd, [target, tail], offset) != nbytes:
                     raise StoreError(f"{file}: chunk {k} is damaged ({nbytes} bytes stored); re-create the store")

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -265,7 +265,7 @@ class TrainingStore:
         attrs: Mapping[str, Any],
     ) -> None:
         n_blocks = len(plan_blocks(n_samples, grid.shard_samples))
-        meta = {
+        meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             **{k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content},
             "versions": package_versions(),
@@ -400,7 +400,7 @@ class TrainingStore:
         if done != total:
             raise StoreError(f"{self.path}: cannot finalize, only {done} of {total} blocks are written")
         group = zarr.open_group(str(self.path), mode="r+")
-        meta = dict(group.attrs["zarrforge"])
+        meta: dict[str, Any] = dict(cast(Mapping[str, Any], group.attrs["zarrforge"]))
         meta.update(complete=True, finished=utc_now(), summary=json_clean(dict(summary or {})))
         group.attrs["zarrforge"] = meta
         self._remove_partial_files()
@@ -431,7 +431,7 @@ class TrainingStore:
             arrays[name] = {
                 "shape": list(arr.shape),
                 "dtype": str(arr.dtype),
-                "dims": list(meta.dimension_names or ()),
+                "dims": list(getattr(meta, "dimension_names", None) or ()),
                 "chunks": list(arr.chunks),
                 "shards": list(arr.shards) if arr.shards else None,
                 "codecs": codecs,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["make_micrograph", "write_micrographs"]
 
@@ -23,7 +24,7 @@ def make_micrograph(
     seed: int = 0,
     index: int = 0,
     n_particles: int | None = None,
-    dtype: np.dtype | str = np.float32,
+    dtype: npt.DTypeLike = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one synthetic micrograph and the centres of its particles.
 

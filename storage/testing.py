@@ -37,7 +37,7 @@ def store_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
 
 
 def _root_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    meta = json.loads((Path(path) / "zarr.json").read_text())
+    meta: dict[str, Any] = json.loads((Path(path) / "zarr.json").read_text())
     attrs = meta.get("attributes", {}).get("zarrforge", {})
     for key in RUN_ONLY_ATTRS:
         attrs.pop(key, None)

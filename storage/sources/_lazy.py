@@ -8,7 +8,7 @@ fresh numpy array and closes the file.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import dask.array as da
 import h5py
@@ -83,8 +83,9 @@ class LazyFrames:
                 *file_key[1:],
             )
         # Readers return fresh arrays; asarray converts dtype/byte order only where needed (no second copy).
-        out = np.asarray(self._read(tuple(file_key)), dtype=self.dtype)
-        out = out[(np.newaxis,) * self.lead][(*lead_key, Ellipsis)]
+        out: np.ndarray = np.asarray(self._read(tuple(file_key)), dtype=self.dtype)
+        index: tuple[Any, ...] = (*lead_key, Ellipsis)
+        out = out[(np.newaxis,) * self.lead][index]
         if drop:
             out = out[tuple(0 if i in drop else slice(None) for i in range(out.ndim))]
         return out
@@ -161,7 +162,7 @@ class MrcFrames(LazyFrames):
         out = np.empty(shape, dtype=file_dtype)
         with open(self.path, "rb") as f:
             f.seek(offset + first * file_dtype.itemsize)
-            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != count * file_dtype.itemsize:
+            if f.readinto(out.reshape(-1).view(np.uint8).data) != count * file_dtype.itemsize:
                 raise OSError(f"{self.path}: file ended early (truncated while reading?)")
         return out
 
@@ -252,11 +253,14 @@ def to_dask(reader: LazyFrames, chunks: tuple[Any, ...], *, size: int, mtime: fl
         Lazy; nothing is read until it is computed.
     """
     name = f"read-{reader.fmt}-{tokenize(size, mtime, chunks, *reader.token_parts())}"
-    return da.from_array(
-        reader,
-        chunks=chunks,
-        lock=False,
-        asarray=False,
-        meta=np.empty((0,) * reader.ndim, dtype=reader.dtype),
-        name=name,
+    return cast(
+        da.Array,
+        da.from_array(
+            reader,
+            chunks=chunks,
+            lock=False,
+            asarray=False,
+            meta=np.empty((0,) * reader.ndim, dtype=reader.dtype),
+            name=name,
+        ),
     )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import xarray as xr
 
 from storage.errors import SourceError
-from storage.sources._paths import resolve_paths
+from storage.sources._paths import PathsLike, resolve_paths
 from storage.sources.hdf5 import open_hdf5
 from storage.sources.mrc import open_mrc
 from storage.sources.npy import open_npy
@@ -27,7 +25,7 @@ SOURCE_SUFFIXES = {
 
 
 def open_images(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    inputs: PathsLike,
     *,
     fmt: str = "auto",
     dataset: str | None = None,
