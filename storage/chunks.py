@@ -57,13 +57,11 @@ class ChunkReader:
         if meta.get("node_type") != "array":
             raise StoreError(f"{self.path}: not a zarr array")
         self.shape: tuple[int, ...] = tuple(meta["shape"])
-        self.dtype = np.dtype(zarr.open_array(str(self.path), mode="r").dtype)
+        array = zarr.open_array(str(self.path), mode="r")  # once, for the dtype and (fallback) chunks
+        self.dtype = np.dtype(array.dtype)
         self.fill_value = meta.get("fill_value", 0)
         self._plan: ShardLayout | None = shard_layout(self.path) if fast else None
-        if self._plan is not None:
-            self.chunk_samples = self._plan.chunk_samples
-        else:
-            self.chunk_samples = int(zarr.open_array(str(self.path), mode="r").chunks[0])
+        self.chunk_samples = self._plan.chunk_samples if self._plan is not None else int(array.chunks[0])
         self._zarr: Any = None
         self._indexes: dict[int, np.ndarray] = {}
 

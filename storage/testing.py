@@ -10,6 +10,7 @@ for byte, apart from run times.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 from pathlib import Path
@@ -25,15 +26,19 @@ __all__ = ["assert_stores_identical", "store_files", "verify_store"]
 RUN_ONLY_ATTRS = ("created", "finished", "summary")
 
 
-def store_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
-    """Every file of a store by relative path, except the root metadata and the lock file."""
+def _store_paths(path: str | os.PathLike[str]) -> list[str]:
+    """Relative paths of every file of a store, except the root metadata and the lock file."""
     root = Path(path)
-    files = {}
-    for file in sorted(root.rglob("*")):
-        rel = file.relative_to(root).as_posix()
-        if file.is_file() and rel not in ("zarr.json", ".zarrforge/write.lock"):
-            files[rel] = file.read_bytes()
-    return files
+    rels = (file.relative_to(root).as_posix() for file in sorted(root.rglob("*")) if file.is_file())
+    return [rel for rel in rels if rel not in ("zarr.json", ".zarrforge/write.lock")]
+
+
+def store_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file of a store by relative path, except the root metadata and the lock file.
+
+    The bytes are read into memory: meant for small stores and tests (see :func:`assert_stores_identical`).
+    """
+    return {rel: (Path(path) / rel).read_bytes() for rel in _store_paths(path)}
 
 
 def _root_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -50,12 +55,13 @@ def assert_stores_identical(a: str | os.PathLike[str], b: str | os.PathLike[str]
     Every array file and array metadata file must be byte-identical; the root metadata must be equal apart from
     the run times and summary (``created``, ``finished``, ``summary``).
     """
-    files_a, files_b = store_files(a), store_files(b)
-    if files_a.keys() != files_b.keys():
-        only_a = sorted(files_a.keys() - files_b.keys())[:5]
-        only_b = sorted(files_b.keys() - files_a.keys())[:5]
+    # File by file, never the whole store in memory: users run this on stores of many GB.
+    names_a, names_b = _store_paths(a), _store_paths(b)
+    if names_a != names_b:
+        only_a = sorted(set(names_a) - set(names_b))[:5]
+        only_b = sorted(set(names_b) - set(names_a))[:5]
         raise AssertionError(f"stores hold different files: only in {a}: {only_a}; only in {b}: {only_b}")
-    differ = [name for name in files_a if files_a[name] != files_b[name]]
+    differ = [name for name in names_a if not filecmp.cmp(Path(a) / name, Path(b) / name, shallow=False)]
     if differ:
         raise AssertionError(f"{len(differ)} files differ between {a} and {b}, e.g. {differ[:5]}")
     if _root_meta(a) != _root_meta(b):
