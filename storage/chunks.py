@@ -86,17 +86,43 @@ class ChunkReader:
         start = k * self.chunk_samples
         return start, min(start + self.chunk_samples, self.shape[0])
 
-    def read_chunk(self, k: int) -> np.ndarray:
-        """Decode chunk ``k`` into a new array of shape ``(stop - start, *shape[1:])``."""
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Shape of a whole chunk: ``(chunk_samples, *shape[1:])``; the last one may hold fewer samples."""
+        return (self.chunk_samples, *self.shape[1:])
+
+    def read_chunk(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode chunk ``k`` into an array of shape ``(stop - start, *shape[1:])``.
+
+        Parameters
+        ----------
+        k : int
+            Chunk index along the sample axis.
+        out : numpy.ndarray, optional
+            A C-contiguous array of :attr:`chunk_shape` and :attr:`dtype` to decode into (its first
+            ``stop - start`` samples are returned, as a view); default: a new array. Reusing buffers saves
+            the page faults of fresh memory.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
         if not 0 <= k < self.n_chunks:
             raise IndexError(f"chunk {k} out of range for {self.n_chunks} chunks of {self.path}")
+        if out is None:
+            out = np.empty(self.chunk_shape, dtype=self.dtype)
+        elif out.shape != self.chunk_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous {self.dtype} array of shape {self.chunk_shape}, "
+                f"got {out.dtype} {out.shape}"
+            )
         start, stop = self.chunk_bounds(k)
         if self._plan is None:
             if self._zarr is None:
                 self._zarr = zarr.open_array(str(self.path), mode="r")
-            return np.asarray(self._zarr[start:stop])
-        out = np.empty((self.chunk_samples, *self.shape[1:]), dtype=self.dtype)
-        self._decode_into(k, out)
+            out[: stop - start] = self._zarr[start:stop]
+        else:
+            self._decode_into(k, out)
         return out[: stop - start]
 
     # ------------------------------------------------------------ direct path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -18,10 +19,16 @@ class ChunkCache:
     Keys are any hashable, by convention ``(array name, chunk index)``. A chunk larger than the whole capacity is
     returned but not kept. Cached arrays are made read-only so that a caller cannot change what later callers get.
 
+    The memory of evicted chunks is kept for reuse (at most ``spares`` buffers, beside the capacity): a loader
+    can decode into :meth:`spare` instead of fresh memory, whose page faults cost as much as decoding LZ4. A buffer
+    is handed out only once nothing else references it.
+
     Parameters
     ----------
     capacity_bytes : int
         Most bytes of decoded chunks kept at once; ``0`` disables caching.
+    spares : int
+        Most evicted buffers kept for :meth:`spare`.
 
     Attributes
     ----------
@@ -42,10 +49,12 @@ class ChunkCache:
     (False, 1)
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(self, capacity_bytes: int, spares: int = 2) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = int(capacity_bytes)
+        self.spares = int(spares)
+        self._spares: list[np.ndarray] = []  # memory of evicted chunks (the arrays owning it)
         self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
@@ -129,11 +138,30 @@ class ChunkCache:
                 _, old = self._entries.popitem(last=False)
                 self._nbytes -= old.nbytes
                 self._counts["evictions"] += 1
+                owner = old if old.base is None else old.base
+                if isinstance(owner, np.ndarray) and owner.base is None and self.spares:
+                    self._spares = [*self._spares[-(self.spares - 1) :], owner] if self.spares > 1 else [owner]
         return value
+
+    def spare(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:  # type: ignore[type-arg]
+        """An evicted chunk's memory of this ``shape`` and ``dtype`` that nothing references any more, or None.
+
+        The caller owns it from then on (typically to decode the next chunk into it).
+        """
+        with self._lock:
+            for i in range(len(self._spares)):
+                buf = self._spares[i]
+                # References: the list, ``buf`` and getrefcount's argument; any more is a view still in use.
+                if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) == 3:
+                    del self._spares[i]
+                    buf.flags.writeable = True
+                    return buf
+        return None
 
     def clear(self) -> None:
         """Drop every chunk and reset the counters."""
         with self._lock:
             self._entries.clear()
+            self._spares.clear()
             self._nbytes = 0
             self._counts = dict.fromkeys(self._counts, 0)

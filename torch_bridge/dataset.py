@@ -268,9 +268,13 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         if self._memory is not None:
             return self._memory[name][i]
         k, j = divmod(i, chunk_samples)
-        reader = self._readers[name]
-        chunk = self._cache.get((name, k), lambda: reader.read_chunk(k))  # type: ignore[union-attr]
+        chunk = self._cache.get((name, k), functools.partial(self._decode, name, k))  # type: ignore[union-attr]
         return chunk[j]
+
+    def _decode(self, name: str, k: int) -> np.ndarray:
+        """Chunk ``k`` of array ``name``, decoded into the memory of an evicted chunk when one is free."""
+        reader = self._readers[name]
+        return reader.read_chunk(k, out=self._cache.spare(reader.chunk_shape, reader.dtype))  # type: ignore[union-attr]
 
     def __getitem__(self, index: int) -> Any:
         i = operator.index(index)
@@ -330,7 +334,8 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         stacked: dict[str, Any] = {}
         columns: list[Sequence[Any]] = []
         for name, c in self._read_plan:
-            batch = torch.from_numpy(self._gather(name, c, idx, groups))
+            batch = _empty_batch((len(idx), *self._info[name].shape[1:]), self._info[name].dtype)
+            self._gather(name, c, idx, groups, out=batch.numpy())
             stacked[name] = batch
             columns.append(batch.unbind(0))
         samples = [dict(zip(self.arrays, row, strict=True)) for row in zip(*columns, strict=True)]
@@ -368,28 +373,44 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         for k in chunks:
             for name, c in plan:
                 if c == primary and 0 <= k < self._readers[name].n_chunks:
-                    reader = self._readers[name]
-                    self._cache.prefetch((name, k), functools.partial(reader.read_chunk, k), self._prefetcher)
+                    self._cache.prefetch((name, k), functools.partial(self._decode, name, k), self._prefetcher)
 
-    def _gather(self, name: str, c: int, idx: np.ndarray, groups: dict[int, _Groups]) -> np.ndarray:
-        """Samples ``idx`` of array ``name`` (``c`` samples per chunk) as a new array, one gather per chunk."""
+    def _gather(
+        self, name: str, c: int, idx: np.ndarray, groups: dict[int, _Groups], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Samples ``idx`` of array ``name`` (``c`` samples per chunk) gathered into ``out``, one gather per chunk.
+
+        ``out`` defaults to a new array.
+        """
+        info = self._info[name]
+        if out is None:
+            out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
         if self._memory is not None:
-            return self._memory[name][idx]  # fancy indexing copies
+            np.take(self._memory[name], idx, axis=0, out=out, mode="clip")  # "clip": no buffering, checked above
+            return out
         if c not in groups:
             groups[c] = _chunk_groups(idx, c)
-        reader = self._readers[name]
-        out: np.ndarray | None = None
         for k, local, where in groups[c]:
-            chunk = self._cache.get((name, k), functools.partial(reader.read_chunk, k))  # type: ignore[union-attr]
-            if out is None:
-                out = np.empty((len(idx), *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = self._cache.get((name, k), functools.partial(self._decode, name, k))  # type: ignore[union-attr]
             if isinstance(where, slice):  # the chunk's samples are consecutive in the batch: gather in place
-                np.take(chunk, local, axis=0, out=out[where], mode="clip")  # "clip": no buffering, checked above
+                np.take(chunk, local, axis=0, out=out[where], mode="clip")
             else:
                 out[where] = chunk[local]
-        if out is None:  # no samples
-            out = np.empty((0, *self._info[name].shape[1:]), dtype=self._info[name].dtype)
         return out
+
+
+def _empty_batch(shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+    """An uninitialised tensor for a batch; in a DataLoader worker, in shared memory.
+
+    A worker's queue sends a tensor in shared memory as a handle; any other tensor is first copied into new shared
+    memory. ``default_collate`` allocates its batches the same way.
+    """
+    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch_dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape)
 
 
 def _chunk_groups(idx: np.ndarray, c: int) -> _Groups:

@@ -237,3 +237,28 @@ def test_reads_return_new_arrays(tmp_path: Path) -> None:
     first = reader.read_chunk(5)
     first[:] = 0
     np.testing.assert_array_equal(reader.read_chunk(5), values[20:])
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["direct", "zarr"])
+@pytest.mark.parametrize("codec", ["blosc-lz4", "none"])
+def test_read_into_a_given_buffer(tmp_path: Path, fast: bool, codec: str) -> None:
+    values = _values((N, 3), "float32")
+    reader = ChunkReader(_make(tmp_path / "a", values, sharded=True, codec=codec), fast=fast)
+    buffer = np.full(reader.chunk_shape, -1.0, dtype="float32")
+    assert reader.chunk_shape == (CHUNK, 3)
+    for k in range(reader.n_chunks):  # the same buffer for every chunk, the short last one included
+        chunk = reader.read_chunk(k, out=buffer)
+        start, stop = reader.chunk_bounds(k)
+        assert np.shares_memory(chunk, buffer)
+        np.testing.assert_array_equal(chunk, values[start:stop])
+
+
+@pytest.mark.parametrize(
+    "buffer",
+    [np.empty((CHUNK, 3), "float64"), np.empty((CHUNK + 1, 3), "float32"), np.empty((3, CHUNK), "float32").T],
+    ids=["dtype", "shape", "not-contiguous"],
+)
+def test_read_into_a_wrong_buffer_is_refused(tmp_path: Path, buffer: np.ndarray) -> None:
+    reader = ChunkReader(_make(tmp_path / "a", _values((N, 3), "float32"), sharded=True))
+    with pytest.raises(ValueError, match="out must be"):
+        reader.read_chunk(0, out=buffer)

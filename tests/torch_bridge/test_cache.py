@@ -94,3 +94,34 @@ def test_clear_resets_everything() -> None:
 def test_negative_capacity_is_refused() -> None:
     with pytest.raises(ValueError, match="capacity_bytes"):
         ChunkCache(-1)
+
+
+def test_spare_hands_out_evicted_memory_once_unreferenced() -> None:
+    cache = ChunkCache(80, spares=2)
+    first = cache.get(0, lambda: chunk(0, 11)[:10])  # a view, as ChunkReader returns them
+    owner = id(first.base)  # an id, not a reference: a referenced buffer is never handed out
+    assert cache.spare((11,), np.dtype("int64")) is None  # nothing evicted yet
+    cache.get(1, lambda: chunk(1))  # evicts chunk 0, whose view ``first`` is still held here
+    assert cache.spare((11,), np.dtype("int64")) is None
+    del first
+    assert cache.spare((10,), np.dtype("int64")) is None  # the wrong shape
+    assert cache.spare((11,), np.dtype("float64")) is None  # the wrong dtype
+    spare = cache.spare((11,), np.dtype("int64"))
+    assert spare is not None and id(spare) == owner and spare.flags.writeable
+    assert cache.spare((11,), np.dtype("int64")) is None  # handed out once
+
+
+def test_spares_are_bounded() -> None:
+    cache = ChunkCache(80, spares=2)
+    for k in range(6):
+        cache.get(k, lambda k=k: chunk(k))
+    taken = [cache.spare((10,), np.dtype("int64")) for _ in range(3)]
+    assert [t is not None for t in taken] == [True, True, False]
+    assert [int(t[0]) for t in taken if t is not None] == [3, 4]  # the most recently evicted
+
+
+def test_no_spares_when_disabled() -> None:
+    cache = ChunkCache(80, spares=0)
+    cache.get(0, lambda: chunk(0))
+    cache.get(1, lambda: chunk(1))
+    assert cache.spare((10,), np.dtype("int64")) is None
