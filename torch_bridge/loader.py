@@ -49,6 +49,7 @@ def make_loader(
     sampler: torch.utils.data.Sampler[Any] | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    window: int = 1,
     num_workers: int = 0,
     multiprocessing_context: str | multiprocessing.context.BaseContext | None = None,
     persistent_workers: bool | None = None,
@@ -65,12 +66,13 @@ def make_loader(
     batch_size : int or None
         Samples per batch.
     sampler : torch.utils.data.Sampler, optional
-        Default: batches of ``ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)`` through a
+        Default: batches of ``ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)`` through a
         :class:`ChunkBatchSampler` (``loader.batch_sampler``), which lets each reader decode its next chunk in a
         background thread while it gathers the current batch; call ``loader.batch_sampler.set_epoch(epoch)``
         (or your sampler's ``set_epoch``) each epoch.
-    shuffle, seed : bool, int
-        Passed to the default sampler; ignored when ``sampler`` is given.
+    shuffle, seed, window : bool, int, int
+        Passed to the default sampler (``window``: chunks whose samples are shuffled together, see
+        :class:`ChunkShuffleSampler`); ignored when ``sampler`` is given.
     num_workers : int
         Worker processes; 0 reads in the main process.
     multiprocessing_context : str or context, optional
@@ -121,13 +123,13 @@ def make_loader(
     order = None
     if sampler is None and batch_size is not None and "batch_sampler" not in kwargs:
         # Batches that tell each reader which chunks its next batch needs: decoding overlaps gathering.
-        order = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
+        order = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)  # type: ignore[arg-type]
         kwargs["batch_sampler"] = ChunkBatchSampler(
             order, batch_size, drop_last=drop_last, lookahead=max(1, num_workers)
         )
         batch_size, drop_last = 1, False  # DataLoader's defaults, required alongside a batch_sampler
     elif sampler is None:
-        sampler = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle)  # type: ignore[arg-type]
+        sampler = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)  # type: ignore[arg-type]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

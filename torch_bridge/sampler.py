@@ -1,4 +1,7 @@
-"""Chunk-aware sampling: shuffle the chunks, then the samples within each chunk, split chunks across ranks."""
+"""Chunk-aware sampling: shuffle the chunks, then the samples within each chunk or window, split chunks by rank.
+
+:func:`order_randomness` tells how far such an order (or any other) is from a uniform shuffle.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,11 @@ import numpy as np
 
 from ._torch import torch
 
-__all__ = ["BatchIndices", "ChunkBatchSampler", "ChunkShuffleSampler", "ChunkedDataset"]
+__all__ = ["BatchIndices", "ChunkBatchSampler", "ChunkShuffleSampler", "ChunkedDataset", "order_randomness"]
+
+# Last word of the seed of a window's shuffle, so that it never equals a chunk's seed ``[seed, epoch, k]``
+# (SeedSequence ignores trailing zeros: ``[s, e, 0, 0]`` would seed like ``[s, e]``).
+_WINDOW_TAG = 0x77696E64
 
 
 class ChunkedDataset(Protocol):
@@ -30,6 +37,12 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
     epoch. The order depends only on ``(seed, epoch)``: chunks are permuted with
     ``np.random.default_rng([seed, epoch])`` and the samples of chunk ``k`` with
     ``np.random.default_rng([seed, epoch, k])``. Call :meth:`set_epoch` before each epoch.
+
+    With ``window=N`` the samples of every ``N`` consecutive chunks of a rank's order are shuffled together, so a
+    batch mixes up to ``N`` chunks instead of one: closer to a uniform shuffle (see :func:`order_randomness`), at
+    the price of a cache that holds ``N`` decoded chunks per array and process, and, with DataLoader workers
+    (which take batches in turn), of each worker decoding every chunk of a window. ``window=1`` is the plain
+    chunk-by-chunk order.
 
     A short last chunk always comes last (the full chunks are permuted before it): with a ``batch_size`` that is
     a multiple of the chunk size every batch then holds whole chunks, so DataLoader workers, which take batches
@@ -54,6 +67,9 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
         Number of distributed ranks and this one's index.
     drop_last : bool
         Drop samples so that ranks are even instead of repeating some.
+    window : int
+        Chunks whose samples are shuffled together (consecutive chunks of this rank's shuffled order; the last
+        window may be shorter). Give ``ZarrDataset`` a ``cache_bytes`` of at least ``window`` decoded chunks.
 
     Examples
     --------
@@ -69,6 +85,9 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
     (True, True)
     >>> [list(ChunkShuffleSampler(Chunks(), shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
     [[0, 1, 2, 3, 8, 9, 0, 1], [4, 5, 6, 7, 4, 5, 6, 7]]
+    >>> mixed = [i // 4 for i in ChunkShuffleSampler(Chunks(), seed=1, window=3)]  # all 3 chunks shuffled together
+    >>> mixed == sorted(mixed, key=mixed.index)
+    False
     """
 
     def __init__(
@@ -80,11 +99,15 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = False,
+        window: int = 1,
     ) -> None:
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 (chunks shuffled together), got {window}")
+        self.window = int(window)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.num_replicas = int(num_replicas)
@@ -111,7 +134,8 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
     def __repr__(self) -> str:
         return (
             f"ChunkShuffleSampler(chunks={len(self._sizes)}, seed={self.seed}, shuffle={self.shuffle}, "
-            f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas}, samples={self.num_samples})"
+            f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas}, window={self.window}, "
+            f"samples={self.num_samples})"
         )
 
     def chunk_order(self) -> np.ndarray:
@@ -134,15 +158,26 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
                 parts.append(np.arange(start, start + size))
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
+    def _windowed(self, chunks: np.ndarray) -> np.ndarray:
+        """The samples of ``chunks``, each run of ``window`` chunks shuffled together."""
+        if self.window == 1 or not self.shuffle:  # window 1: exactly the chunk-by-chunk order
+            return self._samples(chunks)
+        parts = []
+        for w, first in enumerate(range(0, len(chunks), self.window)):
+            samples = self._samples(chunks[first : first + self.window])
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, w, _WINDOW_TAG])
+            parts.append(samples[rng.permutation(len(samples))])
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
     def indices(self) -> np.ndarray:
         """The sample indices of this rank for the current epoch, as an array."""
         order = self.chunk_order()
-        own = self._samples(order[self.rank :: self.num_replicas])
+        own = self._windowed(order[self.rank :: self.num_replicas])
         n = self.num_samples
         if len(own) >= n:
             return own[:n]
         if len(own) == 0:  # fewer chunks than ranks: borrow from the whole epoch's order
-            everything = self._samples(order)
+            everything = self._windowed(order)
             return np.resize(np.roll(everything, -self.rank), n) if len(everything) else everything
         return np.resize(own, n)  # repeat own samples from the start
 
@@ -242,3 +277,71 @@ class ChunkBatchSampler(torch.utils.data.Sampler[list[int]]):
             later = batches[b + self.lookahead] if b + self.lookahead < len(batches) else order[:0]
             chunks = dict.fromkeys(self._chunk_of[later].tolist())  # first-use order, no repeats
             yield BatchIndices(batch.tolist(), chunks)
+
+
+def order_randomness(order: Iterable[int], chunk_samples: int, batch_size: int) -> dict[str, float]:
+    """How close an order of sample indices is to a uniform shuffle, for samples stored ``chunk_samples`` a chunk.
+
+    A chunk-aware order reads each chunk once but keeps a chunk's samples together; a uniform shuffle spreads
+    them over the epoch. Three numbers place an order between the two: how many chunks a batch mixes (against
+    what a uniform shuffle of the same samples would give), how many batches come from a single chunk, and the
+    correlation of neighbouring samples' positions (about 0 for a uniform shuffle, near 1 when neighbours share
+    a chunk).
+
+    Parameters
+    ----------
+    order : iterable of int
+        Sample indices as a loader yields them (an epoch, or its start).
+    chunk_samples : int
+        Samples per chunk of the store (chunk ``k`` holds samples ``k * chunk_samples`` onwards).
+    batch_size : int
+        Samples per batch; a last, shorter batch is left out.
+
+    Returns
+    -------
+    dict of str to float
+        ``chunks_per_batch``: mean number of distinct chunks in a batch; ``chunks_per_batch_uniform``: its
+        expectation for a uniform shuffle of the same samples (drawn without replacement from the samples in
+        ``order``); ``mixing``: the ratio of the two (1 for a uniform shuffle); ``one_chunk_batches``: fraction
+        of batches drawn from one chunk; ``lag1_corr``: Pearson correlation of ``order[t]`` and
+        ``order[t + 1]`` (NaN for fewer than 3 samples or a constant order); ``batches``: full batches counted.
+
+    Examples
+    --------
+    >>> r = order_randomness(range(1024), chunk_samples=64, batch_size=64)  # sequential: one chunk a batch
+    >>> r["chunks_per_batch"], r["one_chunk_batches"], round(r["lag1_corr"], 3)
+    (1.0, 1.0, 1.0)
+    >>> round(r["chunks_per_batch_uniform"], 1)  # 16 chunks: a uniform batch of 64 hits almost all of them
+    15.8
+    >>> u = order_randomness(np.random.default_rng(0).permutation(1024), 64, 64)
+    >>> round(u["mixing"], 1), u["one_chunk_batches"], abs(u["lag1_corr"]) < 0.1
+    (1.0, 0.0, True)
+    """
+    if chunk_samples < 1 or batch_size < 1:
+        raise ValueError(f"chunk_samples and batch_size must be >= 1, got {chunk_samples}, {batch_size}")
+    idx = np.asarray(list(order) if not isinstance(order, np.ndarray) else order, dtype=np.int64)
+    n_batches = len(idx) // batch_size
+    chunks = idx[: n_batches * batch_size].reshape(n_batches, batch_size) // chunk_samples
+    if n_batches:
+        ordered = np.sort(chunks, axis=1)
+        distinct = 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(axis=1)
+        per_batch, one_chunk = float(distinct.mean()), float((distinct == 1).mean())
+    else:
+        per_batch = one_chunk = float("nan")
+    # A uniform batch misses chunk k with the hypergeometric probability of drawing none of its s_k samples.
+    _, sizes = np.unique(idx // chunk_samples, return_counts=True)
+    n = len(idx)
+    draws = np.arange(min(batch_size, n))
+    miss = np.array([np.prod(np.clip((n - s - draws) / (n - draws), 0, None)) for s in sizes])
+    uniform = float((1 - miss).sum()) if n_batches else float("nan")
+    lag1 = float("nan")
+    if len(idx) >= 3 and idx[:-1].std() > 0 and idx[1:].std() > 0:
+        lag1 = float(np.corrcoef(idx[:-1], idx[1:])[0, 1])
+    return {
+        "chunks_per_batch": per_batch,
+        "chunks_per_batch_uniform": uniform,
+        "mixing": per_batch / uniform if n_batches else float("nan"),
+        "one_chunk_batches": one_chunk,
+        "lag1_corr": lag1,
+        "batches": float(n_batches),
+    }

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_bridge import ChunkShuffleSampler, ZarrDataset
+from torch_bridge import ChunkShuffleSampler, ZarrDataset, make_loader
+from torch_bridge.sampler import order_randomness
 
 
 class FakeChunks:
@@ -216,3 +217,149 @@ def test_length_does_not_depend_on_the_epoch(n: int, chunk: int, replicas: int, 
 def _shuffled(grid: FakeChunks, seed: int, epoch: int, k: int) -> list[int]:
     start, stop = grid.chunk_bounds(k)
     return (start + np.random.default_rng([seed, epoch, k]).permutation(stop - start)).tolist()
+
+
+# --------------------------------------------------------------------------- window: shuffle N chunks together
+def _old_order(grid: FakeChunks, seed: int, epoch: int, replicas: int = 1, rank: int = 0) -> list[int]:
+    """The chunk-by-chunk order of before ``window`` existed, for a rank that has chunks and needs no padding."""
+    sampler = ChunkShuffleSampler(grid, seed=seed, num_replicas=replicas, rank=rank)
+    sampler.set_epoch(epoch)
+    return [i for k in sampler.chunk_order()[rank::replicas] for i in _shuffled(grid, seed, epoch, int(k))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(splits(), st.integers(1, 12))
+def test_window_properties(case: tuple[FakeChunks, int, int, int, bool], window: int) -> None:
+    grid, replicas, seed, epoch, drop_last = case
+    samplers = [
+        ChunkShuffleSampler(grid, seed=seed, num_replicas=replicas, rank=r, drop_last=drop_last, window=window)
+        for r in range(replicas)
+    ]
+    plain = [
+        ChunkShuffleSampler(grid, seed=seed, num_replicas=replicas, rank=r, drop_last=drop_last)
+        for r in range(replicas)
+    ]
+    for s in samplers + plain:
+        s.set_epoch(epoch)
+    orders = [s.indices().tolist() for s in samplers]
+    assert [len(o) for o in orders] == [len(s) for s in plain]  # the window never changes the length
+    order = samplers[0].chunk_order()
+    np.testing.assert_array_equal(order, plain[0].chunk_order())  # nor the chunk order and its rank split
+    for r, o in enumerate(orders):
+        own = [int(k) for k in order[r::replicas]]
+        if not own:
+            continue
+        assert {i // grid.chunk_samples for i in o} <= set(own)  # ranks still never share a chunk
+        # each window of the rank's chunks comes out as a permutation of exactly its chunks' samples
+        at = 0
+        for first in range(0, len(own), window):
+            samples = [i for k in own[first : first + window] for i in range(*grid.chunk_bounds(k))]
+            got = o[at : at + len(samples)]
+            if len(got) == len(samples):
+                assert sorted(got) == sorted(samples)
+            else:  # the end of a rank cut short by drop_last: some of the window, none twice
+                assert set(got) <= set(samples) and len(set(got)) == len(got)
+            at += len(samples)
+            if at >= len(o):
+                break
+    if replicas == 1:
+        assert sorted(orders[0]) == list(range(len(grid)))  # one rank: a permutation of every index
+    if window == 1:
+        assert orders == [s.indices().tolist() for s in plain]
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 300), chunk=st.integers(1, 16), seed=st.integers(0, 2**16), epoch=st.integers(0, 5))
+def test_window_1_is_the_old_order(n: int, chunk: int, seed: int, epoch: int) -> None:
+    grid = FakeChunks(n, chunk)
+    sampler = ChunkShuffleSampler(grid, seed=seed, window=1)
+    sampler.set_epoch(epoch)
+    assert sampler.indices().tolist() == _old_order(grid, seed, epoch)
+
+
+def test_window_is_deterministic_per_seed_and_epoch() -> None:
+    grid = FakeChunks(1000, 64)
+    a, b = ChunkShuffleSampler(grid, seed=5, window=4), ChunkShuffleSampler(grid, seed=5, window=4)
+    epochs = []
+    for epoch in range(3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert list(a) == list(b) == list(a)
+        epochs.append(list(a))
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert list(ChunkShuffleSampler(grid, seed=6, window=4)) != epochs[0]
+    assert sorted(epochs[0]) == list(range(1000))
+
+
+def test_window_without_shuffle_is_sequential() -> None:
+    assert list(ChunkShuffleSampler(FakeChunks(100, 8), shuffle=False, window=5)) == list(range(100))
+
+
+def test_window_larger_than_the_epoch_shuffles_everything_together() -> None:
+    grid = FakeChunks(1000, 64)
+    order = ChunkShuffleSampler(grid, seed=1, window=100).indices()
+    assert sorted(order.tolist()) == list(range(1000))
+    assert order_randomness(order, 64, 64)["mixing"] > 0.9  # as mixed as a uniform shuffle
+
+
+def test_randomness_grows_with_the_window() -> None:
+    grid = FakeChunks(64 * 200, 64)
+    stats = [
+        order_randomness(ChunkShuffleSampler(grid, seed=3, window=w).indices(), 64, 64) for w in (1, 4, 16, 64)
+    ]
+    per_batch = [s["chunks_per_batch"] for s in stats]
+    assert per_batch[0] == 1.0 and stats[0]["one_chunk_batches"] == 1.0  # window 1: one chunk per batch
+    assert per_batch == sorted(per_batch) and per_batch[1] > 3 and per_batch[2] > 14  # ~ min(window, 64) chunks
+    assert all(s["one_chunk_batches"] == 0 for s in stats[1:])
+    lags = [s["lag1_corr"] for s in stats]
+    assert lags == sorted(lags, reverse=True) and lags[0] > 0.95 and lags[-1] < 0.1  # neighbours drift apart
+
+
+@pytest.mark.parametrize("window", [0, -1])
+def test_bad_window(window: int) -> None:
+    with pytest.raises(ValueError, match="window"):
+        ChunkShuffleSampler(FakeChunks(10, 4), window=window)
+
+
+def test_make_loader_passes_the_window(store: Path) -> None:
+    ds = ZarrDataset(store, arrays=["patches"])
+    loader = make_loader(ds, batch_size=64, seed=2, window=4)
+    assert loader.sampler.window == 4
+    expected = ChunkShuffleSampler(ds, seed=2, window=4).indices()
+    got = [i for batch in loader.batch_sampler for i in batch]
+    assert got == expected.tolist()
+    first = next(iter(loader))["patches"]
+    np.testing.assert_array_equal(first.numpy(), np.stack([ds[int(i)]["patches"].numpy() for i in expected[:64]]))
+
+
+# --------------------------------------------------------------------------- order_randomness
+def test_randomness_of_known_orders() -> None:
+    seq = order_randomness(np.arange(640), chunk_samples=64, batch_size=32)
+    assert seq["chunks_per_batch"] == 1 and seq["one_chunk_batches"] == 1 and seq["batches"] == 20
+    assert seq["lag1_corr"] == pytest.approx(1.0)
+    # batches straddling two chunks: chunks of 48, batches of 32 -> 1, 2, 1, 2, ... chunks
+    straddle = order_randomness(np.arange(96 * 4), chunk_samples=48, batch_size=32)
+    assert straddle["chunks_per_batch"] == pytest.approx(4 / 3)
+    assert straddle["one_chunk_batches"] == pytest.approx(2 / 3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(2, 200), chunk=st.integers(1, 20), batch=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_uniform_expectation_matches_brute_force(n: int, chunk: int, batch: int, seed: int) -> None:
+    order = np.random.default_rng(seed).permutation(n)
+    r = order_randomness(order, chunk, batch)
+    if n < batch:
+        assert r["batches"] == 0 and np.isnan(r["chunks_per_batch"])
+        return
+    # the expected number of distinct chunks in a uniform draw of `batch` samples, by simulation
+    rng = np.random.default_rng(seed + 1)
+    draws = [len(np.unique(rng.choice(n, batch, replace=False) // chunk)) for _ in range(4000)]
+    assert r["chunks_per_batch_uniform"] == pytest.approx(np.mean(draws), abs=0.1 + 0.03 * np.std(draws))
+    assert 1 <= r["chunks_per_batch"] <= min(batch, -(-n // chunk))
+
+
+def test_randomness_of_short_orders() -> None:
+    r = order_randomness([3, 1], chunk_samples=4, batch_size=8)
+    assert r["batches"] == 0 and np.isnan(r["lag1_corr"]) and np.isnan(r["mixing"])
+    with pytest.raises(ValueError, match="chunk_samples"):
+        order_randomness([1], chunk_samples=0, batch_size=1)
