@@ -68,12 +68,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "-o", "--output", required=True, type=click.Path(), help="The training store to write (a .zarr folder)."
     )
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice of the run.")
-    @click.option(
-        "--cluster",
-        default=None,
-        help="Where to run: local (default: an embedded LocalCluster) or a scheduler address tcp://host:port "
-        "(slurm is not available yet).",
-    )
+    @_cluster_options
     @click.option(
         "--overwrite", is_flag=True, help="Replace an existing store that was made with other parameters."
     )
@@ -85,6 +80,60 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, quiet=quiet, **kwargs)
 
     return wrapper
+
+
+def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cluster``, the SLURM options and ``--config``; the latter two become dask config for the call."""
+
+    @click.option(
+        "--cluster",
+        default=None,
+        help="Where to run: local (default: an embedded LocalCluster), slurm (worker jobs through "
+        "dask-jobqueue, settings zarrforge.slurm) or a scheduler address tcp://host:port.",
+    )
+    @click.option("--jobs", type=int, default=None, help="SLURM worker jobs [default: zarrforge.slurm.jobs].")
+    @click.option("--job-name", default=None, help="SLURM job name [default: zarrforge.slurm.job-name].")
+    @click.option(
+        "-c",
+        "--config",
+        "config_items",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set zarrforge.KEY for this run, e.g. -c slurm.memory=8GB -c store.codec=zstd (repeatable).",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, jobs: int | None, job_name: str | None, config_items: tuple[str, ...], **kwargs: Any
+    ) -> Any:
+        import dask.config
+
+        from . import config as _config  # noqa: F401  (the defaults, before they are overridden)
+
+        overrides = _config_overrides(config_items)
+        if jobs is not None:
+            overrides["zarrforge.slurm.jobs"] = jobs
+        if job_name is not None:
+            overrides["zarrforge.slurm.job-name"] = job_name
+        with dask.config.set(overrides):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _config_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("zarrforge.")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE, e.g. slurm.memory=8GB", param_hint="--config")
+        try:
+            overrides[f"zarrforge.{key}"] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[f"zarrforge.{key}"] = value
+    return overrides
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,7 +242,7 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--shape", type=int, default=1024, show_default=True, help="Micrograph side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated data and the sampler.")
-@click.option("--cluster", default=None, help="Where to run (as for zarrforge patches).")
+@_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
 @click.option("-v", "--verbose", count=True, help="More detail.")
 def demo(output: str, n: int, shape: int, seed: int, cluster: str | None, quiet: bool, verbose: int) -> None:
@@ -202,6 +251,70 @@ def demo(output: str, n: int, shape: int, seed: int, cluster: str | None, quiet:
 
     _configure_logging(verbose, quiet)
     run_demo(output, n_micrographs=n, shape=shape, seed=seed, cluster=cluster, echo=click.echo)
+
+
+@main.command("cluster")
+@_cluster_options
+@click.option("--cores", type=int, default=None, help="Cores per SLURM job [default: zarrforge.slurm.cores].")
+@click.option("--memory", default=None, help="Memory per SLURM job, e.g. 8GB [default: zarrforge.slurm.memory].")
+@click.option("--walltime", default=None, help="Per job, e.g. 02:00:00 [default: zarrforge.slurm.walltime].")
+@click.option("--queue", default=None, help="SLURM partition [default: zarrforge.slurm.queue].")
+@click.option("--account", default=None, help="SLURM account [default: zarrforge.slurm.account].")
+@click.option(
+    "--job-extra", multiple=True, help="A further sbatch option, e.g. --job-extra=--gres=gpu:1 (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the job script that would be submitted; start nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-v", "--verbose", count=True, help="More detail.")
+def cluster(
+    cluster: str | None,
+    cores: int | None,
+    memory: str | None,
+    walltime: str | None,
+    queue: str | None,
+    account: str | None,
+    job_extra: tuple[str, ...],
+    dry_run: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Start a cluster and keep it until Ctrl-C; pipelines reach it with --cluster ADDRESS.
+
+    With --cluster slurm (the default here) worker jobs are submitted through dask-jobqueue with the
+    zarrforge.slurm settings and these options, and cancelled when this command stops. --dry-run prints the
+    job script instead.
+    """
+    import dask.config
+
+    from .slurm import job_script, slurm_settings
+
+    _configure_logging(verbose, quiet)
+    given = {"cores": cores, "memory": memory, "walltime": walltime, "queue": queue, "account": account}
+    overrides = {f"zarrforge.slurm.{k}": v for k, v in given.items() if v is not None}
+    if job_extra:
+        overrides["zarrforge.slurm.job-extra"] = list(job_extra)
+    profile = cluster or "slurm"
+    with dask.config.set(overrides):
+        if dry_run:
+            if profile != "slurm":
+                raise click.UsageError("--dry-run prints a SLURM job script: use it with --cluster slurm")
+            click.echo(job_script(slurm_settings()), nl=False)
+            return
+        _serve(profile)
+
+
+def _serve(profile: str) -> None:
+    """Start the cluster of ``profile``, print how to reach it, and keep it until Ctrl-C."""
+    import time
+
+    from .clusters import connect
+
+    with connect(profile) as client:
+        click.echo(f"scheduler: {client.scheduler.address}")
+        click.echo(f"dashboard: {client.dashboard_link}")
+        click.echo(f"run pipelines with --cluster {client.scheduler.address}; Ctrl-C stops the cluster")
+        while True:
+            time.sleep(3600)
 
 
 @main.command("config")

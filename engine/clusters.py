@@ -1,4 +1,4 @@
-"""Cluster profiles: ``local`` (the embedded default), or the address of a scheduler that already runs."""
+"""Cluster profiles: ``local`` (the embedded default), ``slurm`` (dask-jobqueue), or a scheduler's address."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def describe_profile(cluster: str | None = None) -> str:
     """
     profile = str(config.get("cluster", cluster))
     if profile == "slurm":
-        raise ClusterError(
-            "--cluster slurm is not available in this version yet; use --cluster local or a scheduler address"
-        )
+        from .slurm import slurm_settings
+
+        slurm_settings()  # every setting checked before anything is submitted or written
+        return profile
     if profile != "local" and ":" not in profile:
         raise ClusterError(
             f"unknown cluster {profile!r}: use local, slurm, or a scheduler address tcp://host:port"
@@ -45,8 +46,9 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
     ----------
     cluster : str, optional
         ``"local"`` (default from ``zarrforge.cluster``) starts a distributed ``LocalCluster`` sized to this
-        machine with its dashboard on loopback; ``"tcp://host:port"`` (or ``host:port``) connects to a running
-        scheduler. ``"slurm"`` arrives with the operations work (dask-jobqueue).
+        machine with its dashboard on loopback; ``"slurm"`` starts worker jobs through dask-jobqueue from the
+        ``zarrforge.slurm`` settings (see :mod:`engine.slurm`) and cancels them on exit, also on an error or
+        Ctrl-C; ``"tcp://host:port"`` (or ``host:port``) connects to a running scheduler.
 
     Yields
     ------
@@ -56,6 +58,14 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
     if profile == "local":
         with _local_cluster() as lc, Client(lc, set_as_default=False) as client:
             log.info("dashboard: %s", client.dashboard_link)
+            yield client
+    elif profile == "slurm":
+        from .slurm import slurm_cluster, slurm_settings, wait_for_workers
+
+        settings = slurm_settings()
+        with slurm_cluster(settings) as sc, Client(sc, set_as_default=False) as client:
+            log.info("dashboard: %s", client.dashboard_link)
+            wait_for_workers(client, settings)
             yield client
     else:
         try:
