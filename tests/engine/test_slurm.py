@@ -331,3 +331,36 @@ def test_settings_come_from_dask_config() -> None:
         settings = slurm_settings()
     assert settings.jobs == 5 and settings.queue == "short"
     assert slurm_settings({"jobs": 7}).jobs == 7  # explicit overrides win
+
+
+@pytest.mark.slow
+def test_cluster_command_serves_a_cluster_that_pipelines_join(tmp_path: Path) -> None:
+    env = {**os.environ, "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", "cluster", "--cluster", "local"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None and server.stderr is not None
+            first = server.stdout.readline()
+            assert first.startswith("scheduler: tcp://127.0.0.1:"), first + server.stderr.read()
+            address = first.split()[1]
+            write_micrographs(tmp_path / "mics", 2, (128, 128), seed=0)
+            run = subprocess.run(
+                [*patches_command(tmp_path / "mics", tmp_path / "a.zarr"), "--cluster", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert run.returncode == 0, run.stderr
+            assert f"connected to {address}" in run.stderr
+            verify_store(tmp_path / "a.zarr")
+            server.send_signal(signal.SIGINT)
+            assert server.wait(timeout=60) == 130
+        finally:
+            if server.poll() is None:
+                server.kill()
