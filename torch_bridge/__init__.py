@@ -16,7 +16,8 @@ from . import _torch  # noqa: F401  (first: a missing torch raises an ImportErro
 from .cache import ChunkCache
 from .dataset import SampleBatch, ZarrDataset
 from .loader import collate, make_loader
-from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler
+from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler, order_randomness
+from .threaded import ThreadedLoader
 
 __all__ = [
     "BatchIndices",
@@ -24,7 +25,9 @@ __all__ = [
     "ChunkCache",
     "ChunkShuffleSampler",
     "SampleBatch",
+    "ThreadedLoader",
     "ZarrDataset",
     "collate",
     "make_loader",
+    "order_randomness",
 ]

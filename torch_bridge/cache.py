@@ -107,9 +107,24 @@ class ChunkCache:
             pending = self._pending.get(key)
             if pending is None:
                 self._counts["misses"] += 1
-        if pending is not None:  # being decoded by a prefetch: wait for it rather than decode it twice
+                # Threads that want this chunk meanwhile wait for this decode instead of repeating it.
+                pending = self._pending[key] = Future()
+                mine = True
+            else:
+                mine = False
+        if not mine:  # being decoded by a prefetch or another thread: wait for it rather than decode it twice
             return pending.result()
-        return self._store(key, loader_fn())  # decode outside the lock
+        try:
+            value = self._store(key, loader_fn())  # decode outside the lock
+        except BaseException as e:
+            pending.set_exception(e)
+            raise
+        else:
+            pending.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
 
     def prefetch(self, key: Hashable, loader_fn: Callable[[], np.ndarray], executor: Executor) -> None:
         """Decode ``key`` on ``executor`` unless it is cached or already on its way; :meth:`get` waits for it."""

@@ -8,6 +8,7 @@ import json
 import logging
 import operator
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,17 @@ __all__ = ["SampleBatch", "ZarrDataset"]
 log = logging.getLogger(__name__)
 
 MiB = 2**20
+
+# Guards opening a dataset's per-process state; a new one in a forked child, whatever the parent held.
+_open_lock = threading.Lock()
+
+
+def _new_open_lock() -> None:
+    global _open_lock
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_open_lock)
 
 # Samples of a batch grouped by chunk: (chunk, indices within it, where they go in the batch) per chunk.
 _Groups = list[tuple[int, np.ndarray, slice | np.ndarray]]
@@ -197,13 +209,16 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         pid = os.getpid()
         if self._pid == pid:
             return
-        memory = self._memory  # plain numpy arrays stay valid in a forked child (copy on write)
-        self._reset_process_state()
-        self._pid = pid
-        self._cache = ChunkCache(self.cache_bytes)
-        self._readers = {name: ChunkReader(self.path / name) for name in self._info}
-        if self.load_in_memory:
-            self._memory = memory if memory is not None else self._read_all()
+        with _open_lock:  # threads (ThreadedLoader) may arrive here together
+            if self._pid == pid:
+                return
+            memory = self._memory  # plain numpy arrays stay valid in a forked child (copy on write)
+            self._reset_process_state()
+            self._cache = ChunkCache(self.cache_bytes)
+            self._readers = {name: ChunkReader(self.path / name) for name in self._info}
+            if self.load_in_memory:
+                self._memory = memory if memory is not None else self._read_all()
+            self._pid = pid  # last: another thread uses the state only once it is complete
 
     def _read_all(self) -> dict[str, np.ndarray]:
         out = {}
@@ -367,7 +382,9 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         if self._memory is not None or self._cache is None:
             return
         if self._prefetcher is None:
-            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrforge-prefetch")
+            with _open_lock:
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrforge-prefetch")
         primary = self.chunk_samples
         plan = self._read_plan + (tuple((m, c) for m, c, _ in self._meta_plan) if self.return_metadata else ())
         for k in chunks:

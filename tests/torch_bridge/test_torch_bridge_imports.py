@@ -53,7 +53,9 @@ def test_public_names() -> None:
         "ChunkCache",
         "ChunkShuffleSampler",
         "SampleBatch",
+        "ThreadedLoader",
         "ZarrDataset",
         "collate",
         "make_loader",
+        "order_randomness",
     ]
