@@ -151,7 +151,7 @@ def test_config_option_needs_key_and_value() -> None:
 
 
 @pytest.fixture
-def slurm(require_feature) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def slurm(require_feature, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The environment of a running local SLURM, with settings that suit one node on loopback."""
     missing = None
     if not os.environ.get("SLURM_CONF"):
@@ -170,6 +170,7 @@ def slurm(require_feature) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "DASK_ZARRFORGE__SLURM__WALLTIME": "00:15:00",
         "DASK_ZARRFORGE__SLURM__DASHBOARD_ADDRESS": "127.0.0.1:0",
         "DASK_ZARRFORGE__SLURM__TIMEOUT": "180s",
+        "DASK_ZARRFORGE__SLURM__LOG_DIRECTORY": str(tmp_path / "job-logs"),  # not slurm-N.out in the cwd
         "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0",
     }
 
