@@ -17,7 +17,8 @@ Loaders (the order they read in, in brackets):
   ``-window4`` / ``-window16``: the same with ``window=4`` / ``16`` chunks shuffled together (the cost of
   randomness). ``zarrforge-sample``: its per-sample path, ``ds[i]`` per sample and ``default_collate`` (a wrapper
   hides ``__getitems__``). ``zarrforge-plain``: a plain ``DataLoader(ds, 64, sampler=ChunkShuffleSampler(ds))``
-  (``__getitems__`` + ``default_collate``).
+  (``__getitems__`` + ``default_collate``). ``zarrforge-threaded``: ``ThreadedLoader(ds, 64, num_threads=2)``, the
+  same batches read by 2 threads of the measuring process instead of 2 worker processes (its row says workers 2).
 - ``memmap`` / ``memmap-batch``: ``np.load(mmap_mode="r")``, one copy per sample / one gather per batch into the
   batch tensor: the limits of reading raw samples [uniform shuffle]. ``no-io``: batches copied from one batch in
   memory, the transfer ceiling of a DataLoader [uniform].
@@ -77,7 +78,7 @@ STRIDE = 64
 MICROGRAPH = (4096, 4096)
 BATCH = 64
 SAMPLE_BYTES = PATCH * PATCH * 4
-CACHE_BYTES = 256 * 2**20  # our chunk cache and tensorstore's cache pool, per process
+CACHE_BYTES = 256 * 2**20  # ZarrDataset's default chunk cache; tensorstore's cache pool gets the same, per process
 WORKERS = (0, 2)
 CODECS = {"lz4": "blosc-lz4", "none": "none"}
 
@@ -91,12 +92,14 @@ class Loader:
     codecs: tuple[str, ...] = ("lz4", "none")
     capped: bool = False
     peer: str | None = None  # the peer library, for vs_<peer> and its availability
+    workers: tuple[int, ...] = WORKERS
 
 
 LOADERS = (
     Loader("zarrforge-batch", "ours"),
     Loader("zarrforge-sample", "ours"),
     Loader("zarrforge-plain", "ours", ("lz4",)),
+    Loader("zarrforge-threaded", "ours", workers=(2,)),
     Loader("zarrforge-batch-window4", "ours", ("lz4",)),
     Loader("zarrforge-batch-window16", "ours", ("lz4",)),
     Loader("memmap", "limit", ("-",)),
@@ -132,12 +135,15 @@ RATIO_DEFINITIONS = {
     "vs_memmap_gather": "zarrforge-batch / memmap-batch, lz4, workers 2",
     "vs_best_peer_w0": "zarrforge-batch / the fastest peer row (any mode), lz4, workers 0",
     "vs_best_peer": "zarrforge-batch / the fastest peer row (any mode), lz4, workers 2",
+    "vs_memmap_threaded": "zarrforge-threaded (2 threads) / memmap (2 workers), lz4",
+    "vs_best_peer_threaded": "zarrforge-threaded (2 threads) / the fastest peer row, lz4, workers 2",
     "vs_<peer>": "zarrforge-batch / that peer's fastest mode, lz4, workers 2 (vs_<peer>_w0: workers 0)",
     "vs_naive_zarr": "zarrforge-batch / naive-zarr, lz4, workers 0",
     "vs_memmap_plain_dataloader": "zarrforge-plain / memmap, workers 2 (w0: workers 0)",
     "vs_memmap_w0_nocompression": "zarrforge-batch on the uncompressed store / memmap, workers 0",
     "window<N>_cost": "zarrforge-batch-window<N> / zarrforge-batch, lz4, workers 2 (_w0: workers 0)",
-    "rss_vs_budget": "peak RSS of zarrforge-batch's process tree (main + 2 workers) / (2 × cache + 500 MB)",
+    "rss_vs_budget": "peak RSS of zarrforge-batch's process tree (main + 2 workers), lz4 / (2 × cache + 500 MB), "
+    "cache: the chunk caches of both workers (2 × cache_bytes); rss_vs_budget_w0: workers 0, one cache",
 }
 
 
@@ -149,7 +155,7 @@ def build(cfg: dict[str, Any]) -> tuple[Any, list[int], Any]:
     from torch.utils.data import DataLoader, RandomSampler
 
     from benchmarks import _peers
-    from torch_bridge import ChunkShuffleSampler, ZarrDataset, make_loader
+    from torch_bridge import ChunkShuffleSampler, ThreadedLoader, ZarrDataset, make_loader
 
     name, workers, paths = cfg["loader"], cfg["workers"], cfg["paths"]
     store = paths.get(f"store-{cfg['codec']}", "")
@@ -159,10 +165,13 @@ def build(cfg: dict[str, Any]) -> tuple[Any, list[int], Any]:
         return RandomSampler(range(n), generator=torch.Generator().manual_seed(0))
 
     if name.startswith("zarrforge"):
-        ds = ZarrDataset(store, arrays=["patches"], cache_bytes=CACHE_BYTES)
+        ds = ZarrDataset(store, arrays=["patches"], cache_bytes=cfg["cache_bytes"])
         if name.startswith("zarrforge-batch"):
             window = int(name.rpartition("window")[2]) if "window" in name else 1
             loader = make_loader(ds, BATCH, seed=0, window=window, num_workers=workers, persistent_workers=False)
+            return loader, loader.sampler.indices().tolist(), ds
+        if name == "zarrforge-threaded":  # "workers" are threads of the measuring process
+            loader = ThreadedLoader(ds, BATCH, seed=0, num_threads=workers)
             return loader, loader.sampler.indices().tolist(), ds
         sampler = ChunkShuffleSampler(ds, seed=0)
         served = _peers.PerSample(ds) if name == "zarrforge-sample" else ds
@@ -173,7 +182,7 @@ def build(cfg: dict[str, Any]) -> tuple[Any, list[int], Any]:
         loader = DataLoader(ds, None, sampler=uniform(len(ds)), num_workers=workers, **spawn)
         return loader, [b * BATCH + j for b in batches for j in range(BATCH)], None
     if name == "tensorstore-cache":
-        ds = _peers.TensorstoreBatchDataset(f"{store}/patches", cache_bytes=CACHE_BYTES)
+        ds = _peers.TensorstoreBatchDataset(f"{store}/patches", cache_bytes=cfg["cache_bytes"])
         sampler = ChunkShuffleSampler(ZarrDataset(store, arrays=["patches"]), seed=0)
         collate = _peers.passthrough
         return (
@@ -251,7 +260,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "reference_sum": ref_sum,
         "order": order,
     }
-    if ours is not None and workers == 0:
+    if ours is not None and (workers == 0 or name == "zarrforge-threaded"):  # the cache of this process
         result["cache"] = ours.cache.stats
     return result
 
@@ -340,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         help="samples read by per-sample zarr readers (default 1,280; --quick 640)",
     )
     parser.add_argument("--only", nargs="+", metavar="LOADER", help="run only these loaders (and memmap)")
+    parser.add_argument("--cache-mib", type=int, help="chunk cache / cache pool per process (default 256 MiB)")
     parser.add_argument("--json", type=Path, help="write all measurements here")
     parser.add_argument("--dir", type=Path, help="where to write the data (default: a temporary folder)")
     parser.add_argument("--zarrdataset-venv", type=Path, help="reuse (or make) zarrdataset's environment here")
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.samples or (6_000 if args.quick else 20_000)
     repeats = args.repeats or (1 if args.quick else 3)
     cap = args.cap or (640 if args.quick else 1_280)
+    cache_bytes = args.cache_mib * 2**20 if args.cache_mib else CACHE_BYTES
     wanted = [loader for loader in LOADERS if not args.only or loader.name in {*args.only, "memmap"}]
     root = Path(tempfile.mkdtemp(prefix="zf-bench-loader-", dir=args.dir))
     unavailable: dict[str, str] = {}  # peer -> why it did not run
@@ -381,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             (loader.name, codec, w)
             for w in WORKERS
             for loader in wanted
-            if loader.peer not in unavailable
+            if loader.peer not in unavailable and w in loader.workers
             for codec in loader.codecs
             if not args.quick or codec != "none" or loader.kind == "ours"  # --quick: the codecs for ours only
         ]
@@ -391,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm_page_cache(data["paths"].values())
                 warmed = rep
             cfg = {"loader": name, "codec": codec, "workers": w, "paths": data["paths"], "cap": cap}
+            cfg["cache_bytes"] = cache_bytes
             if name.startswith("zarrdataset"):
                 cfg |= {"path": data["paths"][f"v2-{codec}"], "npy": data["paths"]["npy"], "batch": BATCH}
                 cfg |= {"same_chunk": name.endswith("same-chunk"), "cap": cap if BY_NAME[name].capped else None}
@@ -422,14 +434,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     summary = summarize(runs)
-    ratios = compute_ratios(summary)
+    ratios = compute_ratios(summary, cache_bytes)
     print()
     print(
         textwrap.fill(
             f"{n:,} samples of {PATCH}×{PATCH} float32 ({n * SAMPLE_BYTES / 2**30:.2f} GiB), batch {BATCH}, page "
             f"cache warm; medians of {repeats} fresh-process run(s) per row; epoch timed after one warm-up batch "
             f"per worker (start-up excluded); torch.set_num_threads(1) in the main process; per-sample zarr "
-            f"readers (*) read {min(cap, n):,} samples; chunk cache / cache pool {CACHE_BYTES / 2**20:.0f} MiB "
+            f"readers (*) read {min(cap, n):,} samples; chunk cache / cache pool {cache_bytes / 2**20:.0f} MiB "
             "per process.",
             115,
         )
@@ -469,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{_uniform_chunks(rows):.1f}); mixing: that / the uniform expectation; lag-1 corr: correlation of "
             "neighbouring samples' positions (0 for a uniform shuffle). RSS tree: peak of main + workers summed "
             "(a memmap's page-cache pages count); main / worker: each process's own peak (the largest worker). "
-            "decodes: chunks decoded in the epoch (ours, workers 0).",
+            "decodes: chunks decoded in the epoch (ours, in the measuring process). RSS budget (2 × the chunk caches of the "
+            f"reading processes + 500 MB): workers 0 {rss_budget(cache_bytes, 0) / 2**20:,.0f} MiB, workers 2 "
+            f"{rss_budget(cache_bytes, 2) / 2**20:,.0f} MiB.",
             115,
         )
     )
@@ -503,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": repeats,
                 "cap": cap,
                 "batch_size": BATCH,
-                "cache_bytes": CACHE_BYTES,
+                "cache_bytes": cache_bytes,
                 "ratio_definitions": RATIO_DEFINITIONS,
             },
             figures={k: f"{op} {v:g}" for k, (op, v) in FIGURES.items()},
@@ -546,7 +560,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str
             "mb_per_s": rate * SAMPLE_BYTES / MB,
             "peak_rss_mib": median(r["peak_rss"] for r in mine) / 2**20,
             "main_rss_mib": median(r["main_rss"] for r in mine) / 2**20,
-            "worker_rss_mib": median(r["worker_rss"] for r in mine) / 2**20 if w else None,
+            "worker_rss_mib": median(r["worker_rss"] for r in mine) / 2**20 or None,  # None: no worker process
             "startup_s": median(r["startup_s"] for r in mine),
             "cpu_samples_per_s": median(r["samples_timed"] / r["main_cpu_s"] for r in mine) if w == 0 else None,
             "decodes": median(r["cache"]["decodes"] for r in mine) if "cache" in mine[0] else None,
@@ -560,7 +574,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str
     return summary
 
 
-def compute_ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> dict[str, float]:
+def compute_ratios(summary: dict[tuple[str, str, int], dict[str, Any]], cache_bytes: int) -> dict[str, float]:
     """The ratios of RATIO_DEFINITIONS that the rows measured allow."""
 
     def rate(name: str, w: int, codec: str = "lz4") -> float | None:
@@ -585,6 +599,8 @@ def compute_ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> dict[
         "vs_no_io": (rate("zarrforge-batch", 2), rate("no-io", 2)),
         "vs_best_peer_w0": (rate("zarrforge-batch", 0), best_peer(0)),
         "vs_best_peer": (rate("zarrforge-batch", 2), best_peer(2)),
+        "vs_memmap_threaded": (rate("zarrforge-threaded", 2), rate("memmap", 2)),
+        "vs_best_peer_threaded": (rate("zarrforge-threaded", 2), best_peer(2)),
     }
     for peer in PEERS:
         pairs[f"vs_{peer}"] = (rate("zarrforge-batch", 2), best_peer(2, peer))
@@ -600,10 +616,15 @@ def compute_ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> dict[
         pairs[f"window{window}_cost"] = (rate(f"zarrforge-batch-window{window}", 2), rate("zarrforge-batch", 2))
         pairs[f"window{window}_cost_w0"] = (rate(f"zarrforge-batch-window{window}", 0), rate("zarrforge-batch", 0))
     ratios = {key: a / b for key, (a, b) in pairs.items() if a and b}
-    ours = summary.get(("zarrforge-batch", "lz4", 2))
-    if ours:
-        ratios["rss_vs_budget"] = ours["peak_rss_mib"] * 2**20 / (2 * CACHE_BYTES + 500 * MB)
+    for w, key in ((2, "rss_vs_budget"), (0, "rss_vs_budget_w0")):
+        if ours := summary.get(("zarrforge-batch", "lz4", w)):
+            ratios[key] = ours["peak_rss_mib"] * 2**20 / rss_budget(cache_bytes, w)
     return ratios
+
+
+def rss_budget(cache_bytes: int, workers: int) -> float:
+    """The memory a loader may use: twice its chunk caches (one per reading process) and 500 MB."""
+    return 2 * cache_bytes * max(1, workers) + 500 * MB
 
 
 if __name__ == "__main__":
