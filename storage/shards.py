@@ -191,12 +191,24 @@ class ShardWriter:
             self._array()[start:stop] = data
             return
         payload = self._encode(data)
-        target = self.path / self.layout.key(k)
+        target = self.file(k)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-        with open(tmp, "wb") as f:
-            f.writelines(payload)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(payload)
+            os.replace(tmp, target)
+        except BaseException:
+            # A full disk fails mid-write: drop the torn temporary file at once (as zarr does), so the space
+            # it holds is free for a retry and no stray file waits for the next resume to remove it.
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def file(self, k: int) -> Path:
+        """The file that holds shard ``k`` (the array's folder when zarr-python lays out the files)."""
+        if self.layout is None:
+            return self.path
+        return self.path / self.layout.key(k)
 
     def _encode(self, data: np.ndarray) -> list[bytes | memoryview]:
         layout = self.layout

@@ -10,12 +10,16 @@ Layout of ``train.zarr`` (see the README for the public part)::
     .zarrforge/write.lock  held by the one process writing the store
 
 A block is one shard of every array, so each write task owns whole shards. A block is marked in the ledger only
-after all of its shards are written (zarr writes each shard to a temporary file and renames it), so a block is
-either done or redone, never half-counted.
+after all of its shards are written (each shard goes to a temporary file renamed into place), so a block is
+either done or redone, never half-counted. The fingerprint that lets a re-run resume is written only once every
+array exists, and the store counts as complete only once its metadata is consolidated: a run stopped at any
+point (a kill, a full disk) leaves a store the same command resumes.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
@@ -202,7 +206,8 @@ class TrainingStore:
                 log.info("resuming %s (%d of %d blocks done)", path, *store.progress())
                 store._remove_partial_files()
                 return store
-            if existing is not None and not overwrite:
+            # No fingerprint: our own creation stopped half-way (a full disk); nothing was written, start again.
+            if existing is not None and existing.get("fingerprint") is not None and not overwrite:
                 # Name what the user changed (parameters, seed, sources) before the layout it implies.
                 changes = sorted(
                     diff_keys(existing.get("content", {}), content) or ["layout"],
@@ -212,8 +217,11 @@ class TrainingStore:
                     f"{path} was made with other parameters ({'; '.join(changes[:3])}); "
                     "pass --overwrite to replace it"
                 )
-            store._clear()
-            store._create(arrays, grid, n_samples, codec, level, content, fp, attrs or {})
+            try:
+                store._clear()
+                store._create(arrays, grid, n_samples, codec, level, content, fp, attrs or {})
+            except OSError as e:
+                raise StoreError(f"{path}: creating the store failed: {_reason(e)}") from e
             return store
         except BaseException:
             store.close()
@@ -276,7 +284,12 @@ class TrainingStore:
             "complete": False,
             "content": content,
         }
-        group = zarr.create_group(store=str(self.path), attributes={**json_clean(dict(attrs)), "zarrforge": meta})
+        # The fingerprint goes in last, once every array exists (see open_for_writing).
+        group_attrs = {
+            **json_clean(dict(attrs)),
+            "zarrforge": {k: v for k, v in meta.items() if k != "fingerprint"},
+        }
+        group = zarr.create_group(store=str(self.path), attributes=group_attrs)
         for spec in arrays:
             rest = tuple(spec.shape[1:])
             group.create_array(
@@ -302,6 +315,7 @@ class TrainingStore:
             dimension_names=("block",),
             attributes={"long_name": "1 once the block's shards are fully written"},
         )
+        group.attrs["zarrforge"] = meta
 
     # ---------------------------------------------------------------- state
     def _read_attrs(self) -> dict[str, Any] | None:
@@ -338,7 +352,12 @@ class TrainingStore:
     @property
     def complete(self) -> bool:
         """Whether a run finished and consolidated the store."""
-        return bool(self.attrs.get("complete"))
+        if not self.attrs.get("complete"):
+            return False
+        # finalize marks the store complete, then consolidates; if the disk filled in between, a re-run must
+        # consolidate again rather than find "nothing to do".
+        root = json.loads((self.path / "zarr.json").read_text())
+        return root.get("consolidated_metadata") is not None
 
     def _ledger_array(self) -> Any:
         if self._ledger is None:
@@ -382,11 +401,22 @@ class TrainingStore:
                 raise StoreError(
                     f"{self.path}: block {block.index} of {name!r} has shape {values.shape}, expected {expected}"
                 )
-            self._writer(name).write_shard(block.index, values)
+            self._write_shard(name, block, values)
             nbytes += values.nbytes
-        # Only now is the block done: a crash before this line leaves it unmarked, and it is simply redone.
-        self._writer(f"{_META}/{_LEDGER}").write_shard(block.index, np.ones(1, dtype=np.uint8))
+        # Only now is the block done: a crash (or a full disk) before this line leaves it unmarked, and it is
+        # simply redone.
+        self._write_shard(f"{_META}/{_LEDGER}", block, np.ones(1, dtype=np.uint8))
         return nbytes
+
+    def _write_shard(self, name: str, block: Block, values: np.ndarray) -> None:
+        """Write one shard; an ``OSError`` becomes a :class:`StoreError` naming the file and the fix."""
+        writer = self._writer(name)
+        try:
+            writer.write_shard(block.index, values)
+        except OSError as e:
+            raise StoreError(
+                f"{writer.file(block.index)}: writing block {block.index} failed: {_reason(e)}"
+            ) from e
 
     def _writer(self, name: str) -> ShardWriter:
         """The shard writer of array ``name`` (made once per process)."""
@@ -399,17 +429,19 @@ class TrainingStore:
         done, total = self.progress()
         if done != total:
             raise StoreError(f"{self.path}: cannot finalize, only {done} of {total} blocks are written")
-        group = zarr.open_group(str(self.path), mode="r+")
-        meta: dict[str, Any] = dict(cast(Mapping[str, Any], group.attrs["zarrforge"]))
-        meta.update(complete=True, finished=utc_now(), summary=json_clean(dict(summary or {})))
-        group.attrs["zarrforge"] = meta
-        self._remove_partial_files()
-        lock = self.path / _META / _LOCK
-        with warnings.catch_warnings():
-            # Consolidated metadata is outside the v3 spec (zarr warns), and our lock file is not a zarr node.
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(self.path))
-        log.debug("consolidated %s (lock %s)", self.path, lock)
+        try:
+            group = zarr.open_group(str(self.path), mode="r+")
+            meta: dict[str, Any] = dict(cast(Mapping[str, Any], group.attrs["zarrforge"]))
+            meta.update(complete=True, finished=utc_now(), summary=json_clean(dict(summary or {})))
+            group.attrs["zarrforge"] = meta
+            self._remove_partial_files()
+            with warnings.catch_warnings():
+                # Consolidated metadata is outside the v3 spec (zarr warns), and our lock file is not a zarr node.
+                warnings.simplefilter("ignore")
+                zarr.consolidate_metadata(str(self.path))
+        except OSError as e:
+            raise StoreError(f"{self.path}: finishing the store failed: {_reason(e)}") from e
+        log.debug("consolidated %s", self.path)
 
     def _remove_partial_files(self) -> None:
         """Delete temporary files left by a writer that was killed mid-write (zarr writes ``*.partial``)."""
@@ -455,6 +487,14 @@ def _common_samples(arrays: Sequence[ArraySpec]) -> int:
     if len(sizes) != 1:
         raise ValueError(f"arrays disagree on the number of samples: {sorted(sizes)}")
     return sizes.pop()
+
+
+def _reason(error: OSError) -> str:
+    """What went wrong and what to do, for an ``OSError`` met while writing a store."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{what}; free space (or write elsewhere), then re-run the same command to resume"
+    return str(error.strerror or error)
 
 
 def _remove(path: Path) -> None:
