@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run did: counts, bytes and time."""
+    """What a run did: counts, bytes and time, and each worker's peak memory against its limit.
+
+    ``workers`` maps a worker's name to ``{"peak_rss": bytes, "memory_limit": bytes or None}``: the most memory
+    its process held (the operating system's high-water mark, exact, since the process started; with a
+    process-less cluster, the whole client process's) and the limit its nanny enforces.
+    """
 
     store: str
     samples: int
@@ -41,6 +47,7 @@ class RunSummary:
     nbytes: int
     nbytes_on_disk: int
     seconds: float
+    workers: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     def line(self) -> str:
         """One line for the terminal, e.g. ``wrote 1,800 samples (112.5 MiB, 55.1 MiB on disk) in 3.2 s ...``."""
@@ -49,11 +56,30 @@ class RunSummary:
         rate = self.nbytes / self.seconds / 2**20 if self.seconds else float("inf")
         samples_written = self.samples * self.blocks_written // max(self.blocks_total, 1)
         resumed = f", {self.blocks_skipped} blocks already done" if self.blocks_skipped else ""
+        memory = f"; {self.memory_line()}" if self.workers else ""
         return (
             f"wrote {samples_written:,} samples ({_mib(self.nbytes)}, {_mib(self.nbytes_on_disk)} on disk) "
             f"in {self.seconds:.1f} s: {samples_written / max(self.seconds, 1e-9):,.0f} samples/s, "
-            f"{rate:,.0f} MiB/s{resumed} -> {self.store}"
+            f"{rate:,.0f} MiB/s{resumed}{memory} -> {self.store}"
         )
+
+    def memory_line(self) -> str:
+        """Peak memory per worker against its limit, e.g. ``peak RSS per worker 212, 205 MiB (limit 300 MiB)``.
+
+        Examples
+        --------
+        >>> s = RunSummary("t.zarr", 10, 2, 2, 0, 80, 40, 1.0, workers={
+        ...     "0": {"peak_rss": 212 * 2**20, "memory_limit": 300 * 2**20},
+        ...     "1": {"peak_rss": 205 * 2**20, "memory_limit": 300 * 2**20}})
+        >>> s.memory_line()
+        'peak RSS per worker 212, 205 MiB (limit 300 MiB)'
+        """
+        peaks = [w["peak_rss"] or 0 for _, w in sorted(self.workers.items())]
+        limits = {w["memory_limit"] for w in self.workers.values()}
+        limit = f" (limit {_mib_number(limits.pop())} MiB)" if len(limits) == 1 and None not in limits else ""
+        if len(peaks) > 4:  # a large cluster: the worst worker says enough on one line
+            return f"peak RSS {_mib_number(max(peaks))} MiB on the fullest of {len(peaks)} workers{limit}"
+        return f"peak RSS per worker {', '.join(_mib_number(p) for p in peaks)} MiB{limit}"
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON-clean values."""
@@ -62,6 +88,10 @@ class RunSummary:
 
 def _mib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _mib_number(n: int | None) -> str:
+    return f"{(n or 0) / 2**20:,.0f}"
 
 
 def write_dataset(
@@ -133,7 +163,10 @@ def write_dataset(
             futures.add(submit(block))
         for future in futures:
             try:
-                nbytes += future.result()
+                result = future.result()
+                if isinstance(result, _BlockFailure):
+                    raise StoreError(result.message)
+                nbytes += result
             except ZarrforgeError:
                 raise
             except Exception as e:
@@ -150,6 +183,9 @@ def write_dataset(
         raise
     finally:
         bar.close()
+    workers = _worker_memory(client)
+    for name, w in sorted(workers.items()):
+        log.info("worker %s: peak RSS %s MiB, limit %s MiB", name, *map(_mib_number, w.values()))
     return RunSummary(
         store=str(store.path),
         samples=int(store.attrs["n_samples"]),
@@ -159,7 +195,32 @@ def write_dataset(
         nbytes=nbytes,
         nbytes_on_disk=store.nbytes_on_disk(),
         seconds=time.perf_counter() - start_time,
+        workers=workers,
     )
+
+
+def _worker_memory(client: Client) -> dict[str, dict[str, int | None]]:
+    """Each worker's peak RSS and memory limit, asked once at the end of a run (one message per worker)."""
+    try:
+        answers = client.run(_peak_rss_and_limit, on_error="return")
+    except Exception as e:  # a worker lost at the very end: the summary goes without, the store is fine
+        log.debug("could not ask the workers for their peak memory: %s", e)
+        return {}
+    return {name: info for name, info in answers.values() if not isinstance(info, BaseException)}
+
+
+def _peak_rss_and_limit(dask_worker: Any) -> tuple[str, dict[str, int | None]]:
+    """On a worker: its name, and its process's peak resident memory and its memory limit in bytes."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        peak = None
+    else:
+        # The kernel's high-water mark: exact and free, unlike sampling. KiB on Linux, bytes on macOS.
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+    limit = getattr(getattr(dask_worker, "memory_manager", None), "memory_limit", None)
+    return str(dask_worker.name), {"peak_rss": peak, "memory_limit": int(limit) if limit else None}
 
 
 def _closure(graph: Mapping[Any, Any], key: Any) -> dict[Any, Any]:
@@ -174,17 +235,32 @@ def _closure(graph: Mapping[Any, Any], key: Any) -> dict[Any, Any]:
     return sub
 
 
+@dataclass(frozen=True)
+class _BlockFailure:
+    """A block's write failed for a reason a retry cannot fix; :func:`write_dataset` raises it as a StoreError."""
+
+    message: str
+
+
+#: Write errors no retry fixes: retrying would only log the same traceback on a worker ``retries`` more times.
+_PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 class _BlockWriter:
     """The ``store-write`` task of one block: write every array's samples, then mark the block done."""
 
     def __init__(self, store: TrainingStore, block: Block, names: tuple[str, ...]) -> None:
         self.store, self.block, self.names = store, block, names
 
-    def __call__(self, *arrays: np.ndarray) -> int:
+    def __call__(self, *arrays: np.ndarray) -> int | _BlockFailure:
         try:
             return self.store.write_block(self.block, dict(zip(self.names, arrays, strict=True)))
-        except OSError as e:  # disk full, permissions: name the store and block, keep the errno text
-            raise StoreError(f"{self.store.path}: writing block {self.block.index} failed: {e}") from e
+        except StoreError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno not in _PERMANENT_ERRNOS:
+                raise  # maybe passing (EIO on a network filesystem): dask retries the block
+            # A full disk or a block of the wrong shape: returned, not raised, so it is not retried.
+            return _BlockFailure(str(e))
 
 
 def _check_chunks(ds: xr.Dataset, blocks: list[Block]) -> None:
