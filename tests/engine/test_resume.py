@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.shards import ShardWriter
 from storage.store import TrainingStore
 from storage.synthetic import write_micrographs
 from storage.testing import assert_stores_identical, verify_store
@@ -38,6 +39,13 @@ def command(inputs: Path, out: Path) -> list[str]:
         "--stride",
         "32",
     ]
+
+
+def block_inodes(store: Path, blocks: set[int]) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file of these blocks: a rewrite (temp file + rename) changes the inode."""
+    arrays = [*(p.parent for p in store.glob("[!.]*/zarr.json")), store / ".zarrforge" / "ledger"]
+    files = [ShardWriter(array).file(k) for array in arrays for k in blocks]
+    return {str(f): (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
 
 
 def done_blocks(store: Path) -> int:
@@ -74,6 +82,8 @@ def test_resume_after_sigkill_recomputes_nothing_and_matches_a_clean_run(tmp_pat
         [sys.executable, "-m", "engine", "info", str(killed), "--json"], env=env, capture_output=True, text=True
     )
     assert json.loads(info.stdout)["blocks_done"] == finished_before
+    finished = TrainingStore.open(killed).done_blocks()
+    untouched = block_inodes(killed, finished)
 
     resumed = subprocess.run(command(mics, killed), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -81,6 +91,7 @@ def test_resume_after_sigkill_recomputes_nothing_and_matches_a_clean_run(tmp_pat
     summary = TrainingStore.open(killed).attrs["summary"]
     assert summary["blocks_skipped"] == finished_before
     assert summary["blocks_written"] == total - finished_before  # nothing finished was recomputed
+    assert block_inodes(killed, finished) == untouched  # ... nor rewritten: the very same files
     assert not list(killed.rglob("*.partial"))
     assert_stores_identical(clean, killed)
     verify_store(killed)
