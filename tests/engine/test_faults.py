@@ -299,3 +299,34 @@ def test_disk_full_while_finishing_leaves_the_store_unfinished_and_a_rerun_finis
     assert summary.blocks_written == 0 and summary.blocks_skipped == summary.blocks_total
     assert TrainingStore.open(out).complete
     assert_stores_identical(clean, out)
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"), [(errno.EIO, True), (errno.ENOSPC, False), (errno.EACCES, False)], ids=errno.errorcode.get
+)
+def test_a_passing_io_error_is_retried_and_a_lasting_one_is_not(
+    inputs: Path, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, retried: bool
+):
+    out = tmp_path / "t.zarr"
+    write_shard = ShardWriter.write_shard
+    attempts: list[int] = []
+
+    def fail_block_3_once(self: ShardWriter, k: int, data: object) -> None:
+        if k == 3 and self.path.name == "patches":
+            attempts.append(k)
+            if len(attempts) == 1:
+                raise OSError(code, os.strerror(code))
+        write_shard(self, k, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShardWriter, "write_shard", fail_block_3_once)
+    with dask.config.set(_settings(processes=False)):
+        if retried:
+            run_patches([str(inputs)], out, size=64, stride=32, progress=False)
+            assert len(attempts) == 2
+            assert_stores_identical(clean, out)
+        else:
+            with pytest.raises(StoreError, match=rf"{out}/patches/c/3/0/0: writing block 3 failed: ") as info:
+                run_patches([str(inputs)], out, size=64, stride=32, progress=False)
+            assert attempts == [3], "a lasting error was retried"
+            assert "\n" not in str(info.value)
+            assert 3 not in TrainingStore.open(out).done_blocks()
