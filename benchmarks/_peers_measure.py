@@ -1,5 +1,7 @@
-"""Run a benchmark worker and measure each process of its tree: bench_loader.py reports the main process and the
-DataLoader workers apart (``_common.run_worker`` gives only their sum).
+"""Run a benchmark worker and measure the peak memory of each process of its tree.
+
+bench_loader.py reports the measuring process and its DataLoader workers apart; ``_common.run_worker`` gives only
+their sum.
 """
 
 from __future__ import annotations

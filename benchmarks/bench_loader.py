@@ -481,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{_uniform_chunks(rows):.1f}); mixing: that / the uniform expectation; lag-1 corr: correlation of "
             "neighbouring samples' positions (0 for a uniform shuffle). RSS tree: peak of main + workers summed "
             "(a memmap's page-cache pages count); main / worker: each process's own peak (the largest worker). "
-            "decodes: chunks decoded in the epoch (ours, in the measuring process). RSS budget (2 × the chunk caches of the "
-            f"reading processes + 500 MB): workers 0 {rss_budget(cache_bytes, 0) / 2**20:,.0f} MiB, workers 2 "
-            f"{rss_budget(cache_bytes, 2) / 2**20:,.0f} MiB.",
+            "decodes: chunks decoded in the epoch (ours, in the measuring process). RSS budget (2 × the chunk "
+            f"caches of the reading processes + 500 MB): workers 0 {rss_budget(cache_bytes, 0) / 2**20:,.0f} MiB, "
+            f"workers 2 {rss_budget(cache_bytes, 2) / 2**20:,.0f} MiB.",
             115,
         )
     )

@@ -69,7 +69,8 @@ class ChunkShuffleSampler(torch.utils.data.Sampler[int]):
         Drop samples so that ranks are even instead of repeating some.
     window : int
         Chunks whose samples are shuffled together (consecutive chunks of this rank's shuffled order; the last
-        window may be shorter). Give ``ZarrDataset`` a ``cache_bytes`` of at least ``window`` decoded chunks.
+        window may be shorter). Give ``ZarrDataset`` a ``cache_bytes`` of at least ``2 * window`` decoded chunks:
+        at a window's end the next window's chunks are decoded ahead (see :class:`ChunkBatchSampler`).
 
     Examples
     --------
