@@ -211,16 +211,27 @@ def _worker_memory(client: Client) -> dict[str, dict[str, int | None]]:
 
 def _peak_rss_and_limit(dask_worker: Any) -> tuple[str, dict[str, int | None]]:
     """On a worker: its name, and its process's peak resident memory and its memory limit in bytes."""
+    limit = getattr(getattr(dask_worker, "memory_manager", None), "memory_limit", None)
+    return str(dask_worker.name), {"peak_rss": _peak_rss(), "memory_limit": int(limit) if limit else None}
+
+
+def _peak_rss() -> int | None:
+    """The calling process's peak resident memory in bytes: the kernel's high-water mark, exact and free."""
+    # Linux: VmHWM, not getrusage's ru_maxrss, which a spawned worker inherits from the process that forked it
+    # (a worker started by a 500 MB client reports at least 500 MB there).
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
-        peak = None
-    else:
-        # The kernel's high-water mark: exact and free, unlike sampling. KiB on Linux, bytes on macOS.
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = int(maxrss if sys.platform == "darwin" else maxrss * 1024)
-    limit = getattr(getattr(dask_worker, "memory_manager", None), "memory_limit", None)
-    return str(dask_worker.name), {"peak_rss": peak, "memory_limit": int(limit) if limit else None}
+        return None
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)  # bytes on macOS, KiB elsewhere
 
 
 def _closure(graph: Mapping[Any, Any], key: Any) -> dict[Any, Any]:

@@ -19,9 +19,9 @@ from storage.synthetic import make_micrograph
 from storage.testing import verify_store
 
 LIMIT = 300_000_000  # bytes per worker, as a profile sets it
-# 9 MiB images: a worker peaks at its ~170 MiB of libraries plus a few images' worth (read whole, one task each),
-# whatever the input's size. A stride of twice the size keeps the output a quarter of the input.
-SIDE, SIZE, STRIDE = 1536, 128, 256
+# 16 MiB images: a worker peaks at its ~150 MiB of libraries plus about one image (each is read whole by one
+# task), whatever the input's size. A stride of twice the size keeps the output a quarter of the input.
+SIDE, SIZE, STRIDE = 2048, 128, 256
 
 
 def write_copies(folder: Path, n: int) -> list[Path]:
@@ -93,3 +93,17 @@ def test_input_three_times_the_workers_memory_completes_under_their_limits(tmp_p
     y0, x0 = int(ds.y0[i]), int(ds.x0[i])
     np.testing.assert_array_equal(ds.patches[i].values, last[y0 : y0 + SIZE, x0 : x0 + SIZE])
     shutil.rmtree(tmp_path)  # 2 GB: not worth keeping among pytest's last three temporary folders
+
+
+def test_a_worker_process_reports_its_own_peak_not_the_client_s():
+    """``getrusage`` would report a spawned worker's peak as at least the client's memory at the fork."""
+    from engine.clusters import connect
+    from engine.run import _worker_memory
+
+    ballast = np.ones(400 * 2**20, dtype=np.uint8)  # the client holds 400 MiB while the worker starts
+    settings = {"zarrforge.local.processes": True, "zarrforge.local.n-workers": 1}
+    with dask.config.set({**settings, "zarrforge.local.dashboard-address": "127.0.0.1:0"}), connect() as client:
+        [(name, worker)] = _worker_memory(client).items()
+    del ballast
+    assert name == "0"
+    assert 20 * 2**20 < (worker["peak_rss"] or 0) < 400 * 2**20, worker
