@@ -27,9 +27,10 @@ def describe_profile(cluster: str | None = None) -> str:
     """
     profile = str(config.get("cluster", cluster))
     if profile == "slurm":
-        from .slurm import slurm_settings
+        from .slurm import check_sbatch, slurm_settings
 
         slurm_settings()  # every setting checked before anything is submitted or written
+        check_sbatch()
         return profile
     if profile != "local" and ":" not in profile:
         raise ClusterError(

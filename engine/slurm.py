@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -217,6 +218,7 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ClusterError("--cluster slurm needs dask-jobqueue: pip install 'zarrforge[slurm]'") from None
+    check_sbatch()
     started = time.perf_counter()
     try:
         cluster = SLURMCluster(**cluster_kwargs(settings))
@@ -240,6 +242,15 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
     finally:
         cluster.close()
         log.info("SLURM: jobs cancelled, cluster closed after %.1f s", time.perf_counter() - started)
+
+
+def check_sbatch() -> None:
+    """Fail early, naming what is missing, where SLURM's ``sbatch`` is not on the PATH."""
+    if shutil.which("sbatch") is None:
+        raise ClusterError(
+            "--cluster slurm needs SLURM's sbatch on the PATH: run zarrforge on a SLURM login node "
+            "(or use --cluster local, or a scheduler address)"
+        )
 
 
 def wait_for_workers(client: Any, settings: SlurmSettings) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
 import xarray as xr
@@ -202,6 +203,15 @@ def test_unknown_cluster_profile_is_one_clear_error(micrograph_dir: Path, tmp_pa
 
     with pytest.raises(ClusterError, match="unknown cluster 'nowhere'"):
         run_patches(micrograph_dir, tmp_path / "a.zarr", size=64, cluster="nowhere", progress=False)
-    with pytest.raises(ClusterError, match="slurm is not available"):
+    with dask.config.set({"zarrforge.slurm.walltime": "forever"}), pytest.raises(ClusterError, match="SLURM time"):
         run_patches(micrograph_dir, tmp_path / "b.zarr", size=64, cluster="slurm", progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_slurm_without_sbatch_is_one_clear_error(micrograph_dir: Path, tmp_path: Path, monkeypatch):
+    from engine.errors import ClusterError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ClusterError, match="sbatch"):
+        run_patches(micrograph_dir, tmp_path / "b.zarr", size=64, cluster="slurm", progress=False)
+    assert not (tmp_path / "b.zarr").exists()
