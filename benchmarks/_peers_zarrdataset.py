@@ -148,8 +148,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         "first_batch_sum": first_sum,
         "reference_sum": ref_sum,
         "order": order,
-        "versions": {"zarrdataset": getattr(zds, "__version__", "?"), "torch": torch.__version__},
+        "versions": {name: _version(name) for name in ("zarrdataset", "zarr", "torch")},
     }
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
 
 
 if __name__ == "__main__":

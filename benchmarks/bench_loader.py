@@ -45,6 +45,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -518,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cap": cap,
                 "batch_size": BATCH,
                 "cache_bytes": cache_bytes,
+                "versions": _versions(runs),
                 "ratio_definitions": RATIO_DEFINITIONS,
             },
             figures={k: f"{op} {v:g}" for k, (op, v) in FIGURES.items()},
@@ -530,6 +532,19 @@ def _peers_missing(peer: str) -> str | None:
     from benchmarks._peers import missing_peer
 
     return missing_peer(peer)
+
+
+def _versions(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Versions of the packages compared (zarrdataset's, and its zarr's, from its own environment)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "zarr", "numcodecs", "xarray", "dask", "xbatcher", "tensorstore"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    for run in runs:
+        found |= {f"zarrdataset-env:{k}": v for k, v in run.get("versions", {}).items()}
+    return found
 
 
 def _randomness(order: list[int], chunk_samples: int) -> dict[str, float]:
