@@ -110,25 +110,43 @@ def extract_patches(
     patches = _patches_array(data, grid, out_dtype, names, n_samples, block_samples)
     token = tokenize(patches.name, block_samples)
 
-    sample = da.arange(n_samples, chunks=block_samples, dtype=np.int64)
-    image_index = sample // grid.per_image
-    window = sample % grid.per_image
+    chunks = patches.chunks[:1]
     to_source = _coord(images, "source_index", np.arange(images.shape[0]))
+
+    def per_sample(kind: str, table: np.ndarray | None = None) -> da.Array:
+        # One named task per block computing the values from the block's sample range, so the dashboard shows
+        # ``patches-corner-y`` and not a chain of arange, floordiv, mod, astype tasks.
+        return cast(
+            da.Array,
+            da.map_blocks(
+                _sample_values,
+                chunks=chunks,
+                dtype=np.int32,
+                meta=np.empty((0,), np.int32),
+                name=f"patches-{kind}-{token}",
+                kind=kind,
+                per_image=grid.per_image,
+                nx=grid.nx,
+                step=grid.stride * bin,
+                table=table,
+            ),
+        )
+
     variables: dict[str, Any] = {
         "patches": (PATCH_DIMS, patches, {"long_name": "image patch", "coordinates": ""}),
         "source_index": (
             (SAMPLE,),
-            image_index.map_blocks(_lookup, to_source, dtype=np.int32, name=f"patches-source-{token}"),
+            per_sample("source", to_source),
             {"long_name": "index of the source file in attrs zarrforge.sources"},
         ),
         "y0": (
             (SAMPLE,),
-            ((window // grid.nx) * (grid.stride * bin)).astype(np.int32),
+            per_sample("corner-y"),
             {"long_name": "top row of the patch in the source image", "units": "pixel"},
         ),
         "x0": (
             (SAMPLE,),
-            ((window % grid.nx) * (grid.stride * bin)).astype(np.int32),
+            per_sample("corner-x"),
             {"long_name": "left column of the patch in the source image", "units": "pixel"},
         ),
     }
@@ -136,7 +154,7 @@ def extract_patches(
     if frames.any():
         variables["frame"] = (
             (SAMPLE,),
-            image_index.map_blocks(_lookup, frames, dtype=np.int32, name=f"patches-frame-{token}"),
+            per_sample("frame", frames),
             {"long_name": "index of the image within its source file"},
         )
     coords = [name for name in variables if name != "patches"]
@@ -228,8 +246,27 @@ def _patches_array(
     return da.Array(graph, name, chunks=(tuple(sizes), (grid.size,), (grid.size,)), dtype=dtype)
 
 
-def _lookup(index: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return np.asarray(table[index], dtype=np.int32)
+def _sample_values(
+    *,
+    kind: str,
+    per_image: int,
+    nx: int,
+    step: int,
+    table: np.ndarray | None,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    """Per-sample metadata of one block: ``source``/``frame`` (looked up in ``table`` by image) or a corner."""
+    assert block_info is not None
+    start, stop = block_info[None]["array-location"][0]
+    image, window = np.divmod(np.arange(start, stop, dtype=np.int64), per_image)
+    if kind == "corner-y":
+        values = (window // nx) * step
+    elif kind == "corner-x":
+        values = (window % nx) * step
+    else:
+        assert table is not None
+        values = table[image]
+    return np.asarray(values, dtype=np.int32)
 
 
 def _cut_block(chunks: Sequence[Sequence[np.ndarray]], plan: _BlockPlan) -> np.ndarray:

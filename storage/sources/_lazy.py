@@ -262,5 +262,6 @@ def to_dask(reader: LazyFrames, chunks: tuple[Any, ...], *, size: int, mtime: fl
             asarray=False,
             meta=np.empty((0,) * reader.ndim, dtype=reader.dtype),
             name=name,
+            inline_array=True,  # the reader travels in each task: no separate "original-read-..." task
         ),
     )

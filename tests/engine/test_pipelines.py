@@ -126,6 +126,10 @@ def test_tasks_are_named_after_the_steps(micrograph_dir: Path, tmp_path: Path, t
             write_dataset(ds, store, client, progress=False)
     names = {key_split(t["key"]) for t in stream.data}
     assert {"read-mrc", "patches-extract", "store-write"} <= names, sorted(names)
+    # Every task is named after a step of the pipeline (the dashboard shows these names).
+    steps = {"read-mrc", "concatenate", "patches-extract", "patches-source", "patches-corner-y"}
+    steps.add("patches-corner-x")
+    assert names <= steps | {"store-write"}, sorted(names - steps)
 
 
 def test_write_pipeline_is_usable_from_python(micrograph_dir: Path, tmp_path: Path, threads_cluster: None):
