@@ -28,6 +28,8 @@ __all__ = ["SampleBatch", "ZarrDataset"]
 log = logging.getLogger(__name__)
 
 MiB = 2**20
+#: Default capacity of a ZarrDataset's chunk cache (per process), see ``cache_bytes``.
+DEFAULT_CACHE_BYTES = 16 * MiB
 
 # Guards opening a dataset's per-process state; a new one in a forked child, whatever the parent held.
 _open_lock = threading.Lock()
@@ -108,8 +110,13 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         The arrays in ``"meta"``; default: every 1-D array not in ``arrays``.
     load_in_memory : bool
         Read every array fully once per process and serve samples from RAM.
-    cache_bytes : int
-        Capacity of the per-process chunk cache (default 256 MiB).
+    cache_bytes : int, optional
+        Capacity of the per-process chunk cache. Default: 16 MiB, or 4 chunks of every array read if that is
+        more: enough for chunk-by-chunk order (the chunk being read and the next one), and small, because
+        filling a large cache with fresh memory costs page faults (a 256 MiB cache made a first epoch
+        1.3-2× slower in ``benchmarks/bench_loader.py``). :func:`~torch_bridge.make_loader` and
+        :class:`~torch_bridge.ThreadedLoader` grow it for a ``window`` (see :meth:`reserve_cache`); give more
+        to keep a small store decoded across epochs, or use ``load_in_memory``.
 
     Raises
     ------
@@ -146,17 +153,16 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         return_metadata: bool = False,
         metadata: Sequence[str] | None = None,
         load_in_memory: bool = False,
-        cache_bytes: int = 256 * MiB,
+        cache_bytes: int | None = None,
     ) -> None:
         self.path = Path(store)
         if isinstance(arrays, str) or isinstance(metadata, str):
             raise TypeError("arrays and metadata take a sequence of array names, e.g. ['patches'], not a string")
-        if cache_bytes < 0:
+        if cache_bytes is not None and cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.transform = transform
         self.return_metadata = bool(return_metadata)
         self.load_in_memory = bool(load_in_memory)
-        self.cache_bytes = int(cache_bytes)
 
         available = _list_arrays(self.path)
         if arrays is None:
@@ -195,6 +201,8 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             (name, self._info[name].chunk_samples, len(self._info[name].shape) == 1) for name in self.metadata
         )
         self._reset_process_state()
+        self.cache_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+        self.reserve_cache(4 if cache_bytes is None else 0)
 
     # ------------------------------------------------------------ process state
     def _reset_process_state(self) -> None:
@@ -242,6 +250,26 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_process_state()
+
+    @property
+    def chunk_nbytes(self) -> int:
+        """Decoded bytes of one chunk of each array read (``arrays``, and ``metadata`` when returned)."""
+        names = (*self.arrays, *(self.metadata if self.return_metadata else ()))
+        return sum(
+            self._info[n].chunk_samples * int(np.prod(self._info[n].shape[1:])) * self._info[n].dtype.itemsize
+            for n in names
+        )
+
+    def reserve_cache(self, chunks: int) -> None:
+        """Grow the chunk cache, if needed, to hold ``chunks`` decoded chunks of every array read.
+
+        ``ChunkShuffleSampler(window=N)`` needs ``2 * N`` (the window being read and the next one).
+        """
+        need = int(chunks) * self.chunk_nbytes
+        if need > self.cache_bytes:
+            self.cache_bytes = need
+            if self._cache is not None:
+                self._cache.capacity_bytes = need
 
     @property
     def cache(self) -> ChunkCache:

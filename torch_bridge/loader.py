@@ -121,6 +121,8 @@ def make_loader(
         if persistent_workers is None:
             persistent_workers = True
     order = None
+    if window > 1 and sampler is None and hasattr(dataset, "reserve_cache"):
+        dataset.reserve_cache(2 * window)  # the window being read and the next one, decoded once each
     if sampler is None and batch_size is not None and "batch_sampler" not in kwargs:
         # Batches that tell each reader which chunks its next batch needs: decoding overlaps gathering.
         order = ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)  # type: ignore[arg-type]

@@ -92,6 +92,8 @@ class ThreadedLoader:
         if prefetch is not None and prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.dataset = dataset
+        if sampler is None and window > 1 and hasattr(dataset, "reserve_cache"):
+            dataset.reserve_cache(2 * window)  # the window being read and the next one, decoded once each
         self.sampler = sampler or ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)
         self.batch_sampler = ChunkBatchSampler(self.sampler, batch_size, drop_last=drop_last)
         self.batch_size = batch_size

@@ -213,3 +213,22 @@ def test_one_sample_store(make_store) -> None:
     path = make_store("one.zarr", n=1, chunk=4, shard=8)
     ds = ZarrDataset(path, arrays=["patches"], return_metadata=True)
     assert len(ds) == 1 and ds.n_chunks == 1 and ds[0]["meta"]["x0"] == 0
+
+
+def test_cache_default_is_small_and_grows_for_a_window(store: Path) -> None:
+    from torch_bridge import make_loader
+    from torch_bridge.dataset import DEFAULT_CACHE_BYTES
+
+    ds = ZarrDataset(store, arrays=["patches"])
+    assert ds.chunk_nbytes == 64 * 8 * 6 * 4
+    assert ds.cache_bytes == DEFAULT_CACHE_BYTES == 16 * 2**20  # more than 4 chunks of these tiny samples
+    ds.reserve_cache(2)
+    assert ds.cache_bytes == DEFAULT_CACHE_BYTES  # never shrinks
+    ds.reserve_cache(10_000)
+    assert ds.cache_bytes == 10_000 * ds.chunk_nbytes
+    assert ds.cache.capacity_bytes == ds.cache_bytes  # an open cache grows too
+
+    given = ZarrDataset(store, arrays=["patches"], return_metadata=True, cache_bytes=1000)
+    assert given.cache_bytes == 1000  # as given
+    make_loader(given, 64, window=8)
+    assert given.cache_bytes == 16 * given.chunk_nbytes  # two windows of chunks
