@@ -351,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         help="samples read by per-sample zarr readers (default 1,280; --quick 640)",
     )
     parser.add_argument("--only", nargs="+", metavar="LOADER", help="run only these loaders (and memmap)")
-    parser.add_argument("--cache-mib", type=int, help="chunk cache / cache pool per process (default 16 MiB, ZarrDataset's default)")
+    parser.add_argument(
+        "--cache-mib",
+        type=int,
+        help="chunk cache / cache pool per process (default 16 MiB, ZarrDataset's default)",
+    )
     parser.add_argument("--json", type=Path, help="write all measurements here")
     parser.add_argument("--dir", type=Path, help="where to write the data (default: a temporary folder)")
     parser.add_argument("--zarrdataset-venv", type=Path, help="reuse (or make) zarrdataset's environment here")
