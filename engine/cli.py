@@ -59,6 +59,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
         logger.setLevel(level)
         logger.propagate = False
     logging.getLogger("distributed").setLevel(logging.ERROR if quiet else logging.WARNING)
+    # When a run stops on an error, the blocks still in flight are cancelled and each says so in a warning;
+    # the error line is what the user needs.
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
