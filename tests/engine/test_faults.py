@@ -77,7 +77,8 @@ def run_cli(inputs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
 def ledger_files(store: Path) -> int:
     """Blocks marked done, counted from the ledger's chunk files (readable while another process writes)."""
     ledger = store / ".zarrforge" / "ledger" / "c"
-    return len(list(ledger.iterdir())) if ledger.is_dir() else 0
+    # A ``.partial`` file is a ledger write still under way, or one a kill interrupted: not a finished block.
+    return len([f for f in ledger.iterdir() if not f.name.endswith(".partial")]) if ledger.is_dir() else 0
 
 
 def block_files(store: Path, block: int) -> dict[str, bytes]:

@@ -50,7 +50,8 @@ def block_inodes(store: Path, blocks: set[int]) -> dict[str, tuple[int, int]]:
 
 def done_blocks(store: Path) -> int:
     ledger = store / ".zarrforge" / "ledger" / "c"
-    return len(list(ledger.iterdir())) if ledger.is_dir() else 0
+    # One file per finished block; a ``.partial`` file is a ledger write that a kill interrupted (not done).
+    return len([f for f in ledger.iterdir() if not f.name.endswith(".partial")]) if ledger.is_dir() else 0
 
 
 @pytest.mark.slow

@@ -324,7 +324,8 @@ def jobs_running(name: str) -> list[str]:
 
 def done_blocks(store: Path) -> int:
     ledger = store / ".zarrforge" / "ledger" / "c"
-    return len(list(ledger.iterdir())) if ledger.is_dir() else 0
+    # One file per finished block; a ``.partial`` file is a ledger write that a kill interrupted (not done).
+    return len([f for f in ledger.iterdir() if not f.name.endswith(".partial")]) if ledger.is_dir() else 0
 
 
 def test_settings_come_from_dask_config() -> None:
