@@ -12,15 +12,19 @@ from storage.sources.hdf5 import open_hdf5
 from storage.sources.images import SOURCE_SUFFIXES, open_images
 from storage.sources.mrc import open_mrc
 from storage.sources.npy import open_npy
+from storage.sources.picks import PickMatch, match_picks, read_picks
 from storage.sources.tiff import open_tiffs
 
 __all__ = [
     "SOURCE_SUFFIXES",
+    "PickMatch",
     "file_record",
     "open_hdf5",
     "open_images",
     "open_mrc",
     "open_npy",
     "open_tiffs",
+    "match_picks",
+    "read_picks",
     "resolve_paths",
 ]
