@@ -131,14 +131,25 @@ def run_worker(
             out, err = proc.communicate()
             raise RuntimeError(f"{' '.join(cmd)} ran past {timeout} s; stderr:\n{err[-2000:]}") from None
     wall = time.perf_counter() - start
+    return WorkerRun(last_json_line(" ".join(cmd), proc.returncode, out, err), sampler.peak, wall)
+
+
+def last_json_line(what: str, returncode: int, out: str, err: str) -> dict[str, Any]:
+    """The JSON object a worker printed as its last line of stdout.
+
+    Raises
+    ------
+    RuntimeError
+        ``what`` failed (``returncode`` not 0) or printed no JSON; the message holds the end of its output.
+    """
     lines = [line for line in out.splitlines() if line.strip()]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); stderr:\n{err[-3000:]}")
+    if returncode != 0 or not lines:
+        raise RuntimeError(f"{what} failed (exit {returncode}); stderr:\n{err[-3000:]}")
     try:
-        result = json.loads(lines[-1])
+        result: dict[str, Any] = json.loads(lines[-1])
     except json.JSONDecodeError:
-        raise RuntimeError(f"{' '.join(cmd)} printed no JSON last line; stdout ends:\n{out[-2000:]}") from None
-    return WorkerRun(result, sampler.peak, wall)
+        raise RuntimeError(f"{what} printed no JSON last line; stdout ends:\n{out[-2000:]}") from None
+    return result
 
 
 def interleaved(configs: Sequence[Any], repeats: int) -> Iterator[tuple[int, Any]]:

@@ -7,7 +7,6 @@ their sum.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from benchmarks._common import WorkerRun
+from benchmarks._common import WorkerRun, last_json_line
 
 __all__ = ["Measured", "run_measured"]
 
@@ -64,13 +63,7 @@ def run_measured(cmd: list[str], *, timeout: float = 900) -> Measured:
     finally:
         stop.set()
         thread.join()
-    lines = [line for line in out.splitlines() if line.strip()]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"exit {proc.returncode}; stderr:\n{err[-3000:]}")
-    try:
-        result = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        raise RuntimeError(f"no JSON last line; stdout ends:\n{out[-2000:]}") from None
+    result = last_json_line(cmd[-2], proc.returncode, out, err)
     wall = time.perf_counter() - start
     return Measured(result, peaks["tree"], wall, main_peak=peaks["main"], child_peak=peaks["child"])
 

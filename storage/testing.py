@@ -20,7 +20,7 @@ from .chunks import ChunkReader
 from .errors import StoreError
 from .store import TrainingStore
 
-__all__ = ["assert_stores_identical", "store_files", "verify_store"]
+__all__ = ["assert_stores_identical", "finished_block_files", "store_files", "verify_store"]
 
 #: Attributes that record when and how fast a run went, not what it made.
 RUN_ONLY_ATTRS = ("created", "finished", "summary")
@@ -31,6 +31,18 @@ def _store_paths(path: str | os.PathLike[str]) -> list[str]:
     root = Path(path)
     rels = (file.relative_to(root).as_posix() for file in sorted(root.rglob("*")) if file.is_file())
     return [rel for rel in rels if rel not in ("zarr.json", ".zarrforge/write.lock")]
+
+
+def finished_block_files(path: str | os.PathLike[str]) -> int:
+    """Blocks a run has marked done, counted from the ledger's files, without opening the store.
+
+    Safe to call while another process writes the store (a test watching a run). A ``.partial`` file is a
+    ledger write still under way, or one that a kill interrupted: not a finished block.
+    """
+    ledger = Path(path) / ".zarrforge" / "ledger" / "c"
+    if not ledger.is_dir():
+        return 0
+    return sum(1 for f in ledger.iterdir() if not f.name.endswith(".partial"))
 
 
 def store_files(path: str | os.PathLike[str]) -> dict[str, bytes]:

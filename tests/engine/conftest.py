@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dask.config
@@ -32,6 +33,38 @@ def small_shards() -> Iterator[None]:
         {"zarrforge.store.chunk-bytes": 2 * 64 * 64 * 4, "zarrforge.store.shard-bytes": 8 * 64 * 64 * 4}
     ):
         yield
+
+
+@pytest.fixture
+def many_blocks_env() -> dict[str, str]:
+    """Environment of CLI runs with tiny chunks and shards: small inputs make many blocks (faults land mid-run)."""
+    return {
+        "DASK_ZARRFORGE__STORE__CHUNK_BYTES": str(2 * 64 * 64 * 4),
+        "DASK_ZARRFORGE__STORE__SHARD_BYTES": str(8 * 64 * 64 * 4),
+        "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0",
+    }
+
+
+@pytest.fixture
+def patches_cli() -> Callable[[Path, Path], list[str]]:
+    """``patches_cli(inputs, out)``: a ``zarrforge patches`` command line (size 64, stride 32) in a new Python."""
+
+    def command(inputs: Path, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "engine",
+            "patches",
+            str(inputs),
+            "-o",
+            str(out),
+            "--size",
+            "64",
+            "--stride",
+            "32",
+        ]
+
+    return command
 
 
 @pytest.fixture

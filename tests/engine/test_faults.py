@@ -26,7 +26,7 @@ from storage.errors import StoreError
 from storage.shards import ShardWriter
 from storage.store import TrainingStore
 from storage.synthetic import write_micrographs
-from storage.testing import assert_stores_identical, verify_store
+from storage.testing import assert_stores_identical, finished_block_files, verify_store
 
 # Small shards make many blocks (91 here), so a fault lands in the middle of the run.
 CHUNK_BYTES, SHARD_BYTES = 2 * 64 * 64 * 4, 8 * 64 * 64 * 4
@@ -74,13 +74,6 @@ def run_cli(inputs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
     return subprocess.run(cli(inputs, out, *extra), env=env, capture_output=True, text=True, timeout=300)
 
 
-def ledger_files(store: Path) -> int:
-    """Blocks marked done, counted from the ledger's chunk files (readable while another process writes)."""
-    ledger = store / ".zarrforge" / "ledger" / "c"
-    # A ``.partial`` file is a ledger write still under way, or one a kill interrupted: not a finished block.
-    return len([f for f in ledger.iterdir() if not f.name.endswith(".partial")]) if ledger.is_dir() else 0
-
-
 def block_files(store: Path, block: int) -> dict[str, bytes]:
     """The bytes of every array's shard of one block."""
     names = [p.parent.name for p in store.glob("*/zarr.json") if not p.parent.name.startswith(".")]
@@ -103,7 +96,7 @@ def test_worker_killed_mid_run_is_replaced_and_the_store_matches_a_clean_run(
     def kill_a_worker() -> None:
         try:
             deadline = time.monotonic() + 120
-            while ledger_files(out) < total // 4:
+            while finished_block_files(out) < total // 4:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the run never reached a quarter of its blocks")
                 time.sleep(0.01)
@@ -115,7 +108,7 @@ def test_worker_killed_mid_run_is_replaced_and_the_store_matches_a_clean_run(
             ]
             assert len(workers) == 2, [p.cmdline() for p in workers]
             os.kill(workers[0].pid, signal.SIGKILL)
-            killed.append((workers[0].pid, ledger_files(out)))
+            killed.append((workers[0].pid, finished_block_files(out)))
         except BaseException as e:
             errors.append(e)
 
@@ -170,7 +163,7 @@ def test_a_second_run_started_mid_run_is_refused_and_leaves_the_first_alone(
     first = subprocess.Popen(cli(inputs, out, "-q"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while ledger_files(out) < 5:
+        while finished_block_files(out) < 5:
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         second = run_cli(inputs, out)

@@ -24,7 +24,7 @@ from engine.errors import ClusterError
 from engine.slurm import job_script, slurm_settings
 from storage.store import TrainingStore
 from storage.synthetic import write_micrographs
-from storage.testing import assert_stores_identical, verify_store
+from storage.testing import assert_stores_identical, finished_block_files, verify_store
 
 # --------------------------------------------------------------------------- settings (no SLURM needed)
 
@@ -194,43 +194,18 @@ def wait_until_no_jobs(name: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-def patches_command(inputs: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "engine",
-        "patches",
-        str(inputs),
-        "-o",
-        str(out),
-        "--size",
-        "64",
-        "--stride",
-        "32",
-    ]
-
-
-@pytest.fixture
-def many_blocks() -> dict[str, str]:
-    """Small chunks and shards: small inputs make many blocks, so faults land mid-run."""
-    return {
-        "DASK_ZARRFORGE__STORE__CHUNK_BYTES": str(2 * 64 * 64 * 4),
-        "DASK_ZARRFORGE__STORE__SHARD_BYTES": str(8 * 64 * 64 * 4),
-    }
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_run_on_slurm_equals_local_and_leaves_no_jobs(slurm: dict[str, str], tmp_path: Path) -> None:
+def test_run_on_slurm_equals_local_and_leaves_no_jobs(slurm: dict[str, str], tmp_path: Path, patches_cli) -> None:  # type: ignore[no-untyped-def]
     write_micrographs(tmp_path / "mics", 3, (256, 320), seed=1)
     name = job_name()
     local = tmp_path / "local.zarr"
-    subprocess.run(patches_command(tmp_path / "mics", local), env=slurm, check=True, capture_output=True)
+    subprocess.run(patches_cli(tmp_path / "mics", local), env=slurm, check=True, capture_output=True)
     on_slurm = tmp_path / "slurm.zarr"
     logs = tmp_path / "logs"
     run = subprocess.run(
         [
-            *patches_command(tmp_path / "mics", on_slurm),
+            *patches_cli(tmp_path / "mics", on_slurm),
             "--cluster",
             "slurm",
             "--jobs",
@@ -256,29 +231,29 @@ def test_run_on_slurm_equals_local_and_leaves_no_jobs(slurm: dict[str, str], tmp
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_scancel_of_a_worker_job_mid_run_loses_nothing(
-    slurm: dict[str, str], many_blocks: dict[str, str], tmp_path: Path
-) -> None:
+    slurm: dict[str, str], many_blocks_env: dict[str, str], tmp_path: Path, patches_cli
+) -> None:  # type: ignore[no-untyped-def]
     write_micrographs(tmp_path / "mics", 6, (400, 400), seed=3)
-    env = {**slurm, **many_blocks}
+    env = {**slurm, **many_blocks_env}
     clean = tmp_path / "clean.zarr"
-    subprocess.run(patches_command(tmp_path / "mics", clean), env=env, check=True, capture_output=True)
+    subprocess.run(patches_cli(tmp_path / "mics", clean), env=env, check=True, capture_output=True)
     total = TrainingStore.open(clean).progress()[1]
 
     name = job_name()
     out = tmp_path / "slurm.zarr"
-    command = [*patches_command(tmp_path / "mics", out), "--cluster", "slurm", "--jobs", "2", "--job-name", name]
+    command = [*patches_cli(tmp_path / "mics", out), "--cluster", "slurm", "--jobs", "2", "--job-name", name]
     # Slow the blocks down a little, so the run is still going when a job is cancelled.
     env["DASK_ZARRFORGE__RUN__MAX_IN_FLIGHT"] = "2"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
-        while len(jobs_running(name)) < 2 or done_blocks(out) < 2:
+        while len(jobs_running(name)) < 2 or finished_block_files(out) < 2:
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
         victim = jobs_running(name)[0]
         subprocess.run(["scancel", victim], check=True)
-        cancelled_at = done_blocks(out)
+        cancelled_at = finished_block_files(out)
         _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -292,13 +267,15 @@ def test_scancel_of_a_worker_job_mid_run_loses_nothing(
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_ctrl_c_cancels_every_job(slurm: dict[str, str], many_blocks: dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_cancels_every_job(  # type: ignore[no-untyped-def]
+    slurm: dict[str, str], many_blocks_env: dict[str, str], tmp_path: Path, patches_cli
+) -> None:
     write_micrographs(tmp_path / "mics", 6, (400, 400), seed=3)
     name = job_name()
     out = tmp_path / "slurm.zarr"
-    command = [*patches_command(tmp_path / "mics", out), "--cluster", "slurm", "--jobs", "2", "--job-name", name]
+    command = [*patches_cli(tmp_path / "mics", out), "--cluster", "slurm", "--jobs", "2", "--job-name", name]
     proc = subprocess.Popen(
-        command, env={**slurm, **many_blocks}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, env={**slurm, **many_blocks_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 180
@@ -322,12 +299,6 @@ def jobs_running(name: str) -> list[str]:
     return out.stdout.split()
 
 
-def done_blocks(store: Path) -> int:
-    ledger = store / ".zarrforge" / "ledger" / "c"
-    # One file per finished block; a ``.partial`` file is a ledger write that a kill interrupted (not done).
-    return len([f for f in ledger.iterdir() if not f.name.endswith(".partial")]) if ledger.is_dir() else 0
-
-
 def test_settings_come_from_dask_config() -> None:
     with dask.config.set({"zarrforge.slurm.jobs": 5, "zarrforge.slurm.queue": "short"}):
         settings = slurm_settings()
@@ -336,7 +307,7 @@ def test_settings_come_from_dask_config() -> None:
 
 
 @pytest.mark.slow
-def test_cluster_command_serves_a_cluster_that_pipelines_join(tmp_path: Path) -> None:
+def test_cluster_command_serves_a_cluster_that_pipelines_join(tmp_path: Path, patches_cli) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0"}
     with subprocess.Popen(
         [sys.executable, "-m", "engine", "cluster", "--cluster", "local"],
@@ -352,7 +323,7 @@ def test_cluster_command_serves_a_cluster_that_pipelines_join(tmp_path: Path) ->
             address = first.split()[1]
             write_micrographs(tmp_path / "mics", 2, (128, 128), seed=0)
             run = subprocess.run(
-                [*patches_command(tmp_path / "mics", tmp_path / "a.zarr"), "--cluster", address],
+                [*patches_cli(tmp_path / "mics", tmp_path / "a.zarr"), "--cluster", address],
                 env=env,
                 capture_output=True,
                 text=True,

@@ -54,3 +54,19 @@ def make_store(tmp_path: Path) -> Callable[..., Path]:
         return write_store(tmp_path / name, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def metadata_chunked_store(tmp_path: Path) -> Path:
+    """A group not written by TrainingStore: ``x (100, 3)`` int32 chunked by 64, ``label (100,)`` chunked by 10.
+
+    ``x[i] == [3i, 3i + 1, 3i + 2]`` and ``label[i] == 2i``.
+    """
+    import zarr
+
+    group = zarr.create_group(str(tmp_path / "g.zarr"))
+    x = group.create_array("x", shape=(100, 3), chunks=(64, 3), shards=(128, 3), dtype="int32")
+    x[:] = np.arange(300, dtype="int32").reshape(100, 3)
+    label = group.create_array("label", shape=(100,), chunks=(10,), dtype="int64")
+    label[:] = np.arange(100) * 2
+    return tmp_path / "g.zarr"

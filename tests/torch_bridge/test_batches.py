@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zarr
 from torch.utils.data import DataLoader, default_collate
 
 from torch_bridge import ChunkShuffleSampler, SampleBatch, ZarrDataset, collate, make_loader
@@ -97,13 +96,8 @@ def test_one_decode_per_chunk_and_array(store: Path) -> None:
     assert stats["decodes"] == stats["misses"] == 2 * 4 and stats["hits"] == 0  # 2 chunks, 4 arrays
 
 
-def test_metadata_with_its_own_chunk_size(tmp_path: Path) -> None:
-    group = zarr.create_group(str(tmp_path / "g.zarr"))
-    x = group.create_array("x", shape=(100, 3), chunks=(64, 3), shards=(128, 3), dtype="int32")
-    x[:] = np.arange(300, dtype="int32").reshape(100, 3)
-    label = group.create_array("label", shape=(100,), chunks=(10,), dtype="int64")
-    label[:] = np.arange(100) * 2
-    ds = ZarrDataset(tmp_path / "g.zarr", return_metadata=True)
+def test_metadata_with_its_own_chunk_size(metadata_chunked_store: Path) -> None:
+    ds = ZarrDataset(metadata_chunked_store, return_metadata=True)
     indices = [99, 0, 9, 10, 63, 64, 11]
     batch = ds.__getitems__(indices)
     for got, i in zip(batch, indices, strict=True):

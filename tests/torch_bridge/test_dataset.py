@@ -113,14 +113,8 @@ def test_random_order_with_a_small_cache_decodes_more(store: Path) -> None:
     assert ds.cache.stats["decodes"] > 5 * ds.n_chunks
 
 
-def test_metadata_with_its_own_chunk_size(tmp_path: Path) -> None:
-    # Not written by TrainingStore: 1-D arrays chunked by 10, the primary array by 64.
-    group = zarr.create_group(str(tmp_path / "g.zarr"))
-    x = group.create_array("x", shape=(100, 3), chunks=(64, 3), shards=(128, 3), dtype="int32")
-    x[:] = np.arange(300, dtype="int32").reshape(100, 3)
-    label = group.create_array("label", shape=(100,), chunks=(10,), dtype="int64")
-    label[:] = np.arange(100) * 2
-    ds = ZarrDataset(tmp_path / "g.zarr", return_metadata=True)
+def test_metadata_with_its_own_chunk_size(metadata_chunked_store: Path) -> None:
+    ds = ZarrDataset(metadata_chunked_store, return_metadata=True)
     assert ds.chunk_samples == 64 and ds.n_chunks == 2
     for i in [0, 9, 10, 63, 64, 99]:
         sample = ds[i]
