@@ -138,14 +138,16 @@ def write_dataset(
 
     names = list(ds.data_vars)
     arrays = [ds[name].data for name in names]
+    axes = {name: str(ds[name].dims[0]) for name in names}
     writes = f"store-write-{tokenize(store.path, *(a.name for a in arrays))}"
-    layer = {
-        (writes, block.index): (
-            _BlockWriter(store, block, tuple(names)),
-            *[(a.name, block.index, *(0,) * (a.ndim - 1)) for a in arrays],
+    layer = {}
+    for block in todo:
+        # A block writes one shard of every array on its leading axis (the samples, or e.g. the micrographs).
+        on_axis = [(name, a) for name, a in zip(names, arrays, strict=True) if axes[name] == block.axis]
+        layer[(writes, block.index)] = (
+            _BlockWriter(store, block, tuple(name for name, _ in on_axis)),
+            *[(a.name, block.shard, *(0,) * (a.ndim - 1)) for _, a in on_axis],
         )
-        for block in todo
-    }
     # Materialize the graph once, without optimization (fusion would rename the steps the dashboard shows:
     # read-mrc, patches-extract, store-write), then submit each block with just the tasks it needs.
     graph = dict(HighLevelGraph.from_collections(writes, layer, dependencies=arrays)) if todo else {}
@@ -275,11 +277,16 @@ class _BlockWriter:
 
 
 def _check_chunks(ds: xr.Dataset, blocks: list[Block]) -> None:
-    expected = tuple(b.size for b in blocks)
     for name in ds.data_vars:
-        got = ds[name].data.chunks[0]
-        if tuple(got) != expected:
-            raise RunError(f"variable {name!r} is chunked {got[:3]}... on samples, not on the store's shards")
+        var = ds[name]
+        axis = str(var.dims[0])
+        expected = tuple(b.size for b in blocks if b.axis == axis)
+        got = tuple(var.data.chunks[0])
+        if got != expected or any(len(c) != 1 for c in var.data.chunks[1:]):
+            raise RunError(
+                f"variable {name!r} is chunked {got[:3]}... on {axis!r}, not on the store's shards "
+                "(and must be whole along its other dims)"
+            )
 
 
 class _LogProgress:

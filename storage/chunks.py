@@ -62,6 +62,10 @@ class ChunkReader:
         self.fill_value = meta.get("fill_value", 0)
         self._plan: ShardLayout | None = shard_layout(self.path) if fast else None
         self.chunk_samples = self._plan.chunk_samples if self._plan is not None else int(array.chunks[0])
+        #: Rows per chunk along the 2nd dim when the array is cut into row bands (0: chunks are whole there).
+        self.rows_per_chunk = 0
+        if len(self.shape) >= 2 and int(array.chunks[1]) < self.shape[1]:
+            self.rows_per_chunk = int(array.chunks[1])
         self._zarr: Any = None
         self._indexes: dict[int, np.ndarray] = {}
 
@@ -87,12 +91,22 @@ class ChunkReader:
         return start, min(start + self.chunk_samples, self.shape[0])
 
     @property
+    def n_row_chunks(self) -> int:
+        """Number of row bands (chunks along the 2nd dim); 1 unless :attr:`rows_per_chunk` is set."""
+        return -(-self.shape[1] // self.rows_per_chunk) if self.rows_per_chunk else 1
+
+    @property
     def chunk_shape(self) -> tuple[int, ...]:
-        """Shape of a whole chunk: ``(chunk_samples, *shape[1:])``; the last one may hold fewer samples."""
+        """Shape of a whole chunk (those at the end of an axis may hold fewer).
+
+        ``(chunk_samples, *shape[1:])``, or ``(chunk_samples, rows_per_chunk, *shape[2:])`` for row bands.
+        """
+        if self.rows_per_chunk:
+            return (self.chunk_samples, self.rows_per_chunk, *self.shape[2:])
         return (self.chunk_samples, *self.shape[1:])
 
-    def read_chunk(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Decode chunk ``k`` into an array of shape ``(stop - start, *shape[1:])``.
+    def read_chunk(self, k: int, out: np.ndarray | None = None, *, row: int = 0) -> np.ndarray:
+        """Decode chunk ``k`` (row band ``row``) into an array of shape ``(stop - start, *shape[1:])``.
 
         Parameters
         ----------
@@ -102,6 +116,9 @@ class ChunkReader:
             A C-contiguous array of :attr:`chunk_shape` and :attr:`dtype` to decode into (its first
             ``stop - start`` samples are returned, as a view); default: a new array. Reusing buffers saves
             the page faults of fresh memory.
+        row : int
+            For an array cut into row bands (:attr:`rows_per_chunk`): which band; its rows are
+            ``[row * rows_per_chunk, ...)``, fewer in the last band.
 
         Returns
         -------
@@ -109,6 +126,8 @@ class ChunkReader:
         """
         if not 0 <= k < self.n_chunks:
             raise IndexError(f"chunk {k} out of range for {self.n_chunks} chunks of {self.path}")
+        if not 0 <= row < self.n_row_chunks:
+            raise IndexError(f"row band {row} out of range for {self.n_row_chunks} bands of {self.path}")
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.dtype)
         elif out.shape != self.chunk_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -117,20 +136,28 @@ class ChunkReader:
                 f"got {out.dtype} {out.shape}"
             )
         start, stop = self.chunk_bounds(k)
+        rows = slice(None)
+        if self.rows_per_chunk:
+            r0 = row * self.rows_per_chunk
+            rows = slice(0, min(self.rows_per_chunk, self.shape[1] - r0))
         if self._plan is None:
             if self._zarr is None:
                 self._zarr = zarr.open_array(str(self.path), mode="r")
-            out[: stop - start] = self._zarr[start:stop]
+            if self.rows_per_chunk:
+                out[: stop - start, rows] = self._zarr[start:stop, r0 : r0 + rows.stop]
+            else:
+                out[: stop - start] = self._zarr[start:stop]
         else:
-            self._decode_into(k, out)
-        return out[: stop - start]
+            self._decode_into(k, row, out)
+        return out[: stop - start, rows] if self.rows_per_chunk else out[: stop - start]
 
     # ------------------------------------------------------------ direct path
-    def _decode_into(self, k: int, out: np.ndarray) -> None:
+    def _decode_into(self, k: int, row: int, out: np.ndarray) -> None:
         plan = self._plan
         assert plan is not None
         per_shard = plan.chunks_per_shard
         shard, inner = divmod(k, per_shard) if per_shard else (k, 0)
+        inner = inner * plan.row_chunks + row  # the shard's index runs over (item chunk, row band) in C order
         file = self.path / plan.key(shard)
         try:
             fd = os.open(file, os.O_RDONLY)
@@ -178,12 +205,13 @@ class ChunkReader:
         if index is None:
             assert self._plan is not None
             per_shard = self._plan.chunks_per_shard
-            size = per_shard * 16 + (4 if self._plan.index_crc else 0)
+            entries = per_shard * self._plan.row_chunks
+            size = entries * 16 + (4 if self._plan.index_crc else 0)
             end = os.fstat(fd).st_size
             raw = memoryview(os.pread(fd, size, end - size))
             if self._plan.index_crc:
                 raw = _checked(raw, file, shard)
-            index = np.frombuffer(raw, dtype="<u8").reshape(per_shard, 2)
+            index = np.frombuffer(raw, dtype="<u8").reshape(entries, 2)
             self._indexes[shard] = index
         return index
 

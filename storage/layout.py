@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Block", "SampleGrid", "plan_blocks", "sample_grid"]
+__all__ = ["Block", "SampleGrid", "plan_axis_blocks", "plan_blocks", "sample_grid"]
 
 MiB = 2**20
 
@@ -36,11 +36,21 @@ class SampleGrid:
 
 @dataclass(frozen=True)
 class Block:
-    """One unit of writing: the samples ``[start, stop)``, which fill shard ``index`` of every array."""
+    """One unit of writing: items ``[start, stop)`` of a leading axis, one shard of every array on that axis.
+
+    ``index`` numbers the blocks of the whole store (the ledger's entry); ``shard`` numbers the shard along
+    ``axis`` (equal to ``index`` in a store with only a ``sample`` axis).
+    """
 
     index: int
     start: int
     stop: int
+    axis: str = "sample"
+    shard: int = -1
+
+    def __post_init__(self) -> None:
+        if self.shard < 0:
+            object.__setattr__(self, "shard", self.index)
 
     @property
     def size(self) -> int:
@@ -86,8 +96,8 @@ def plan_blocks(n_samples: int, shard_samples: int) -> list[Block]:
 
     Examples
     --------
-    >>> plan_blocks(5, 2)
-    [Block(index=0, start=0, stop=2), Block(index=1, start=2, stop=4), Block(index=2, start=4, stop=5)]
+    >>> [(b.index, b.start, b.stop) for b in plan_blocks(5, 2)]
+    [(0, 0, 2), (1, 2, 4), (2, 4, 5)]
     >>> plan_blocks(0, 2)
     []
     """
@@ -97,3 +107,22 @@ def plan_blocks(n_samples: int, shard_samples: int) -> list[Block]:
         Block(i, start, min(start + shard_samples, n_samples))
         for i, start in enumerate(range(0, n_samples, shard_samples))
     ]
+
+
+def plan_axis_blocks(axes: dict[str, tuple[int, int]]) -> list[Block]:
+    """Write blocks of a store with several leading axes: ``{axis: (length, shard length)}``, axes in order.
+
+    Blocks are numbered across the whole store, the axes one after the other; each block's ``shard`` counts
+    along its own axis.
+
+    Examples
+    --------
+    >>> blocks = plan_axis_blocks({"sample": (3, 2), "image": (2, 1)})
+    >>> [(b.index, b.axis, b.shard, b.start, b.stop) for b in blocks]
+    [(0, 'sample', 0, 0, 2), (1, 'sample', 1, 2, 3), (2, 'image', 0, 0, 1), (3, 'image', 1, 1, 2)]
+    """
+    blocks: list[Block] = []
+    for axis, (length, shard_length) in axes.items():
+        for b in plan_blocks(length, shard_length):
+            blocks.append(Block(len(blocks), b.start, b.stop, axis, b.shard))
+    return blocks

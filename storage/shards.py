@@ -22,6 +22,7 @@ import crc32c
 import numcodecs
 import numpy as np
 import zarr
+from zarr.core.indexing import morton_order_iter
 
 __all__ = ["ShardLayout", "ShardWriter", "shard_layout"]
 
@@ -36,13 +37,20 @@ class ShardLayout:
     dtype: np.dtype[Any]
     fill_value: Any
     chunk_samples: int
-    #: Chunks per shard (0: the array is not sharded; each chunk is a file of its own).
+    #: Chunks per shard along the leading axis (0: the array is not sharded; each chunk is a file of its own).
     chunks_per_shard: int
     separator: str
     codec: numcodecs.abc.Codec | None
     crc: bool
     index_crc: bool
     big_endian: bool
+    #: Rows (2nd dim) per chunk when the array is also chunked along its 2nd dim (row bands); else 0.
+    rows_per_chunk: int = 0
+
+    @property
+    def row_chunks(self) -> int:
+        """Chunks along the 2nd dim (1 unless the array is cut into row bands)."""
+        return -(-self.shape[1] // self.rows_per_chunk) if self.rows_per_chunk else 1
 
     @property
     def shard_samples(self) -> int:
@@ -78,13 +86,18 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout | None:
         if conf.get("index_location", "end") != "end" or index not in (["bytes"], ["bytes", "crc32c"]):
             return None
         index_endian = conf["index_codecs"][0].get("configuration", {}).get("endian", "little")
-        if index_endian != "little" or outer[1:] != shape[1:] or outer[0] % inner[0]:
+        if index_endian != "little" or outer[2:] != shape[2:] or outer[0] % inner[0]:
             return None
         chain, per_shard, index_crc = conf["codecs"], outer[0] // inner[0], index == ["bytes", "crc32c"]
     else:
         inner, chain, per_shard, index_crc = outer, codecs, 0, False
+    rows_per_chunk = 0
     if inner[1:] != shape[1:]:
-        return None  # chunked along other axes too
+        # Row bands (a virtual picking store's micrographs): a shard spans every band of its items.
+        banded = per_shard and inner[2:] == shape[2:] and outer[1] == -(-shape[1] // inner[1]) * inner[1]
+        if not banded:
+            return None  # chunked along other axes in a way zarrforge does not write
+        rows_per_chunk = inner[1]
     names = [c["name"] for c in chain]
     if not names or names[0] != "bytes":
         return None
@@ -107,6 +120,7 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout | None:
         crc=crc,
         index_crc=index_crc,
         big_endian=endian == "big" and dtype.itemsize > 1,
+        rows_per_chunk=rows_per_chunk,
     )
 
 
@@ -214,15 +228,17 @@ class ShardWriter:
         layout = self.layout
         assert layout is not None
         data = np.ascontiguousarray(data, dtype=layout.dtype.newbyteorder(">" if layout.big_endian else "<"))
-        c = layout.chunk_samples
+        c, rows = layout.chunk_samples, layout.rows_per_chunk
         n_chunks = -(-len(data) // c)
         parts: list[bytes | memoryview] = []
-        sizes = []
-        for i in range(n_chunks):
-            chunk = data[i * c : (i + 1) * c]
-            if len(chunk) < c:  # the array's last chunk: stored full size, padded with the fill value
-                padded = np.full((c, *chunk.shape[1:]), layout.fill_value, dtype=data.dtype)
-                padded[: len(chunk)] = chunk
+        index = np.full((max(layout.chunks_per_shard, 1) * layout.row_chunks, 2), _MISSING, dtype="<u8")
+        offset = 0
+        for i, j in _payload_order(layout, n_chunks):
+            chunk = data[i * c : (i + 1) * c, j * rows : (j + 1) * rows] if rows else data[i * c : (i + 1) * c]
+            full = (c, rows, *data.shape[2:]) if rows else (c, *data.shape[1:])
+            if chunk.shape != full:  # at the array's edge: stored full size, padded with the fill value
+                padded = np.full(full, layout.fill_value, dtype=data.dtype)
+                padded[tuple(slice(0, n) for n in chunk.shape)] = chunk
                 chunk = padded
             encoded = memoryview(layout.codec.encode(chunk) if layout.codec is not None else chunk.tobytes())
             parts.append(encoded)
@@ -230,14 +246,24 @@ class ShardWriter:
             if layout.crc:
                 parts.append(crc32c.crc32c(encoded).to_bytes(4, "little"))
                 size += 4
-            sizes.append(size)
+            index[i * layout.row_chunks + j] = offset, size  # the index itself is in C order
+            offset += size
         if not layout.chunks_per_shard:
             return parts
-        index = np.full((layout.chunks_per_shard, 2), _MISSING, dtype="<u8")
-        index[:n_chunks, 1] = sizes
-        index[:n_chunks, 0] = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         index_bytes = index.tobytes()
         parts.append(index_bytes)
         if layout.index_crc:
             parts.append(crc32c.crc32c(index_bytes).to_bytes(4, "little"))
         return parts
+
+
+def _payload_order(layout: ShardLayout, n_chunks: int) -> list[tuple[int, int]]:
+    """The ``(item chunk, row band)`` chunks of a shard in the order zarr-python lays them out.
+
+    That is the Morton order of the shard's chunk grid (C order when only the leading axis is chunked), skipping
+    chunks past the array's end.
+    """
+    if layout.row_chunks == 1:
+        return [(i, 0) for i in range(n_chunks)]
+    grid = (layout.chunks_per_shard, layout.row_chunks, *([1] * (len(layout.shape) - 2)))
+    return [(coords[0], coords[1]) for coords in morton_order_iter(grid) if coords[0] < n_chunks]

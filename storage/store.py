@@ -1,5 +1,8 @@
 """Training stores: one Zarr v3 group whose arrays share a leading ``sample`` axis, written block by block.
 
+A store may have further leading axes (a picking store in ``virtual`` mode keeps its normalized ``micrographs``
+beside the per-sample arrays); each axis has its own grid, and its blocks are written like the samples'.
+
 Layout of ``train.zarr`` (see the README for the public part)::
 
     zarr.json              group; attrs["zarrforge"] = provenance, fingerprint, progress
@@ -34,8 +37,9 @@ import zarr
 from filelock import FileLock, Timeout
 
 from .codecs import DEFAULT_CODEC, compressors
+from .dims import SAMPLE
 from .errors import StoreError, StoreExistsError, StoreLockedError, StoreMismatchError
-from .layout import Block, SampleGrid, plan_blocks
+from .layout import Block, SampleGrid, plan_axis_blocks
 from .provenance import diff_keys, fingerprint, json_clean, package_versions, utc_now
 from .shards import ShardWriter
 
@@ -51,27 +55,61 @@ _LOCK = "write.lock"
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One array of a training store: its name, dims (``sample`` first), full shape, dtype and CF attrs."""
+    """One array of a training store: its name, dims, full shape, dtype and CF attrs.
+
+    The first dim is the array's leading axis (``sample`` for the arrays a Dataset indexes), chunked and
+    sharded by the store's grid for that axis. ``rows_per_chunk`` optionally splits the second dim into chunks
+    of that many rows (e.g. row bands of a micrograph); the other dims are never split.
+    """
 
     name: str
     dims: tuple[str, ...]
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    rows_per_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.dims) != len(self.shape):
             raise ValueError(f"array {self.name!r}: dims {self.dims} do not match shape {self.shape}")
-        if not self.dims or self.dims[0] != "sample":
-            raise ValueError(f"array {self.name!r}: the first dim must be 'sample', got {self.dims}")
+        if not self.dims:
+            raise ValueError(f"array {self.name!r}: needs at least one dim (the leading axis)")
+        if self.rows_per_chunk is not None and (len(self.shape) < 2 or self.rows_per_chunk < 1):
+            raise ValueError(f"array {self.name!r}: rows_per_chunk needs a 2nd dim and must be >= 1")
+
+    @property
+    def axis(self) -> str:
+        """The leading axis."""
+        return self.dims[0]
+
+    def inner_chunks(self, chunk_length: int) -> tuple[int, ...]:
+        """Chunk shape for ``chunk_length`` items of the leading axis."""
+        rest = list(self.shape[1:])
+        if self.rows_per_chunk is not None:
+            rest[0] = min(self.rows_per_chunk, max(rest[0], 1))
+        return (chunk_length, *rest)
+
+    def shard_shape(self, shard_length: int) -> tuple[int, ...]:
+        """Shard shape for ``shard_length`` items of the leading axis.
+
+        Whole along the other dims, rounded up to whole row chunks (Zarr requires it).
+        """
+        rest = list(self.shape[1:])
+        if self.rows_per_chunk is not None:
+            rows = self.inner_chunks(1)[1]
+            rest[0] = -(-rest[0] // rows) * rows
+        return (shard_length, *rest)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-clean description, part of the store's fingerprint."""
-        return {
+        described: dict[str, Any] = {
             "dims": list(self.dims),
             "shape": list(self.shape),
             "dtype": np.dtype(self.dtype).str,
         }
+        if self.rows_per_chunk is not None:
+            described["rows_per_chunk"] = self.rows_per_chunk
+        return described
 
 
 def is_training_store(path: str | os.PathLike[str]) -> bool:
@@ -111,7 +149,7 @@ class TrainingStore:
         self._writers: dict[str, ShardWriter] = {}
         self._ledger: Any = None
         self._lock: FileLock | None = None
-        self._names: set[str] | None = None
+        self._names: dict[str, set[str]] | None = None
 
     # Pickle as the path alone: no zarr handles or locks travel to workers.
     def __getstate__(self) -> dict[str, Any]:
@@ -140,7 +178,7 @@ class TrainingStore:
         path: str | os.PathLike[str],
         arrays: Sequence[ArraySpec],
         *,
-        grid: SampleGrid,
+        grid: SampleGrid | Mapping[str, SampleGrid],
         record: Mapping[str, Any],
         codec: str = DEFAULT_CODEC,
         level: int | None = None,
@@ -154,9 +192,10 @@ class TrainingStore:
         path : path
             The store (a directory). It may not exist yet, or be an empty directory.
         arrays : sequence of ArraySpec
-            The arrays; all share the leading ``sample`` axis.
-        grid : SampleGrid
-            Samples per chunk and per shard (one shard = one write block).
+            The arrays; those with the same leading axis agree on its length.
+        grid : SampleGrid or mapping of str to SampleGrid
+            Items per chunk and per shard (one shard = one write block) of the ``sample`` axis, or of each
+            leading axis by name.
         record : mapping
             What makes the content: ``pipeline``, ``parameters``, ``seed``, ``sources``. Stored in the group
             attrs and hashed, with the layout, into the fingerprint that decides whether a re-run may resume.
@@ -182,11 +221,12 @@ class TrainingStore:
             Another process is writing the store.
         """
         path = Path(path)
-        n_samples = _common_samples(arrays)
+        lengths = _axis_lengths(arrays)
+        grids = _axis_grids(grid, lengths)
         content = {
             **json_clean(dict(record)),
             "arrays": {a.name: a.describe() for a in arrays},
-            "grid": {"chunk_samples": grid.chunk_samples, "shard_samples": grid.shard_samples},
+            **_grid_content(grids, lengths),
             "codec": {"name": codec, "level": level},
         }
         fp = fingerprint(content)
@@ -219,7 +259,7 @@ class TrainingStore:
                 )
             try:
                 store._clear()
-                store._create(arrays, grid, n_samples, codec, level, content, fp, attrs or {})
+                store._create(arrays, grids, lengths, codec, level, content, fp, attrs or {})
             except OSError as e:
                 raise StoreError(f"{path}: creating the store failed: {_reason(e)}") from e
             return store
@@ -264,15 +304,16 @@ class TrainingStore:
     def _create(
         self,
         arrays: Sequence[ArraySpec],
-        grid: SampleGrid,
-        n_samples: int,
+        grids: Mapping[str, SampleGrid],
+        lengths: Mapping[str, int],
         codec: str,
         level: int | None,
         content: dict[str, Any],
         fp: str,
         attrs: Mapping[str, Any],
     ) -> None:
-        n_blocks = len(plan_blocks(n_samples, grid.shard_samples))
+        n_samples = lengths.get(SAMPLE, 0)
+        n_blocks = len(_plan(content))
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             **{k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content},
@@ -291,13 +332,13 @@ class TrainingStore:
         }
         group = zarr.create_group(store=str(self.path), attributes=group_attrs)
         for spec in arrays:
-            rest = tuple(spec.shape[1:])
+            axis_grid = grids[spec.axis]
             group.create_array(
                 spec.name,
                 shape=spec.shape,
                 dtype=spec.dtype,
-                chunks=(grid.chunk_samples, *rest),
-                shards=(grid.shard_samples, *rest),
+                chunks=spec.inner_chunks(axis_grid.chunk_samples),
+                shards=spec.shard_shape(axis_grid.shard_samples),
                 compressors=compressors(codec, level),
                 fill_value=0,
                 dimension_names=spec.dims,
@@ -337,8 +378,7 @@ class TrainingStore:
 
     def blocks(self) -> list[Block]:
         """All write blocks of the store, in order."""
-        meta = self.attrs
-        return plan_blocks(meta["n_samples"], meta["content"]["grid"]["shard_samples"])
+        return _plan(self.attrs["content"])
 
     def done_blocks(self) -> set[int]:
         """Indices of the blocks whose shards are fully written."""
@@ -387,11 +427,14 @@ class TrainingStore:
             Decoded bytes written.
         """
         if self._names is None:
-            self._names = set(self.attrs["content"]["arrays"])
-        if set(data) != self._names:
+            self._names = {}
+            for name, described in self.attrs["content"]["arrays"].items():
+                self._names.setdefault(described["dims"][0], set()).add(name)
+        expected_names = self._names.get(block.axis, set())
+        if set(data) != expected_names:
             # The block is marked done below: it must hold every array, or the missing ones stay fill values.
             raise StoreError(
-                f"{self.path}: block {block.index} has arrays {sorted(data)}, expected {sorted(self._names)}"
+                f"{self.path}: block {block.index} has arrays {sorted(data)}, expected {sorted(expected_names)}"
             )
         nbytes = 0
         for name, values in data.items():
@@ -411,12 +454,11 @@ class TrainingStore:
     def _write_shard(self, name: str, block: Block, values: np.ndarray) -> None:
         """Write one shard; an ``OSError`` becomes a :class:`StoreError` naming the file and the fix."""
         writer = self._writer(name)
+        shard = block.index if name.startswith(_META) else block.shard  # the ledger counts every block
         try:
-            writer.write_shard(block.index, values)
+            writer.write_shard(shard, values)
         except OSError as e:
-            raise StoreError(
-                f"{writer.file(block.index)}: writing block {block.index} failed: {_reason(e)}"
-            ) from e
+            raise StoreError(f"{writer.file(shard)}: writing block {block.index} failed: {_reason(e)}") from e
 
     def _writer(self, name: str) -> ShardWriter:
         """The shard writer of array ``name`` (made once per process)."""
@@ -480,13 +522,57 @@ class TrainingStore:
         }
 
 
-def _common_samples(arrays: Sequence[ArraySpec]) -> int:
+def _axis_lengths(arrays: Sequence[ArraySpec]) -> dict[str, int]:
+    """The length of each leading axis, ``sample`` first, the others in the order of the arrays."""
     if not arrays:
         raise ValueError("a training store needs at least one array")
-    sizes = {a.shape[0] for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(f"arrays disagree on the number of samples: {sorted(sizes)}")
-    return sizes.pop()
+    lengths: dict[str, set[int]] = {}
+    for a in sorted(arrays, key=lambda a: a.axis != SAMPLE):
+        lengths.setdefault(a.axis, set()).add(a.shape[0])
+    for axis, sizes in lengths.items():
+        if len(sizes) != 1:
+            what = "samples" if axis == SAMPLE else f"{axis!r} items"
+            raise ValueError(f"arrays disagree on the number of {what}: {sorted(sizes)}")
+    return {axis: sizes.pop() for axis, sizes in lengths.items()}
+
+
+def _axis_grids(grid: SampleGrid | Mapping[str, SampleGrid], lengths: Mapping[str, int]) -> dict[str, SampleGrid]:
+    grids = {SAMPLE: grid} if isinstance(grid, SampleGrid) else dict(grid)
+    missing = [axis for axis in lengths if axis not in grids]
+    if missing:
+        axis = missing[0]
+        raise ValueError(f"no grid for the leading axis {axis!r}; pass grid={{{axis!r}: SampleGrid(...)}}")
+    return {axis: grids[axis] for axis in lengths}
+
+
+def _grid_content(grids: Mapping[str, SampleGrid], lengths: Mapping[str, int]) -> dict[str, Any]:
+    """The grids as the fingerprinted content holds them.
+
+    ``grid`` for the samples (as a store with one axis always had it), ``axes`` for the other leading axes.
+    """
+    content: dict[str, Any] = {}
+    if SAMPLE in grids:
+        sample = grids[SAMPLE]
+        content["grid"] = {"chunk_samples": sample.chunk_samples, "shard_samples": sample.shard_samples}
+    others = {
+        axis: {"length": lengths[axis], "chunk": g.chunk_samples, "shard": g.shard_samples}
+        for axis, g in grids.items()
+        if axis != SAMPLE
+    }
+    if others:
+        content["axes"] = others
+    return content
+
+
+def _plan(content: Mapping[str, Any]) -> list[Block]:
+    """Every write block of a store, from its fingerprinted content: the samples', then each other axis'."""
+    axes: dict[str, tuple[int, int]] = {}
+    if "grid" in content:
+        n_samples = next(iter(a["shape"][0] for a in content["arrays"].values() if a["dims"][0] == SAMPLE), 0)
+        axes[SAMPLE] = (n_samples, content["grid"]["shard_samples"])
+    for axis, g in content.get("axes", {}).items():
+        axes[axis] = (g["length"], g["shard"])
+    return plan_axis_blocks(axes)
 
 
 def _reason(error: OSError) -> str:

@@ -56,12 +56,38 @@ def _assert_all_chunks_equal(path: Path, values: np.ndarray, *, direct: bool = T
     assert reader.dtype == values.dtype
     for k in range(reader.n_chunks):
         start, stop = reader.chunk_bounds(k)
-        chunk = reader.read_chunk(k)
+        if reader.rows_per_chunk:  # row bands: put the chunk's bands back together
+            bands = [reader.read_chunk(k, row=j) for j in range(reader.n_row_chunks)]
+            assert all(band.shape[1] == reader.rows_per_chunk for band in bands[:-1])
+            chunk = np.concatenate(bands, axis=1)
+        else:
+            chunk = reader.read_chunk(k)
         assert chunk.dtype == values.dtype
         assert chunk.shape == (stop - start, *values.shape[1:])
         np.testing.assert_array_equal(chunk, reference[start:stop])  # zarr-python's read
         np.testing.assert_array_equal(chunk, values[start:stop])  # what was written
     assert reader.chunk_bounds(reader.n_chunks - 1)[1] == values.shape[0]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("rows", [1, 2, 4, 7])
+def test_row_bands_read_directly(tmp_path: Path, codec: str, rows: int) -> None:
+    """Arrays cut into row bands (a virtual picking store's micrographs) are read band by band."""
+    values = _values((5, 7, 6), "float32")
+    path = tmp_path / "bands"
+    zarr.create_array(
+        path,
+        shape=values.shape,
+        chunks=(1, rows, 6),
+        shards=(2, -(-7 // rows) * rows, 6),
+        dtype=values.dtype,
+        compressors=compressors(codec),
+    )[:] = values
+    _assert_all_chunks_equal(path, values)
+    reader = ChunkReader(path)
+    assert reader.rows_per_chunk == (rows if rows < 7 else 0)
+    with pytest.raises(IndexError, match="row band"):
+        reader.read_chunk(0, row=reader.n_row_chunks)
 
 
 @pytest.mark.parametrize("codec", CODECS)

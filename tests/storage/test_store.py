@@ -17,6 +17,7 @@ from storage.chunks import ChunkReader
 from storage.errors import StoreError, StoreExistsError, StoreLockedError, StoreMismatchError, ZarrforgeError
 from storage.layout import SampleGrid
 from storage.store import FORMAT_VERSION, ArraySpec, TrainingStore, is_training_store
+from storage.testing import verify_store
 
 N = 11
 GRID = SampleGrid(2, 4)  # 3 blocks: 4, 4, 3 samples
@@ -338,13 +339,58 @@ def test_finalize_with_blocks_missing(tmp_path: Path) -> None:
     "args, match",
     [
         ((("sample", "y"), (3,)), "do not match"),
-        ((("y", "sample"), (3, 3)), "first dim must be 'sample'"),
-        (((), ()), "first dim"),
+        (((), ()), "at least one dim"),
     ],
 )
 def test_array_spec_validates(args: tuple[Any, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ArraySpec("a", *args, np.dtype("uint8"))
+    with pytest.raises(ValueError, match="rows_per_chunk"):
+        ArraySpec("a", ("sample",), (3,), np.dtype("uint8"), rows_per_chunk=2)
+
+
+def _two_axis_specs() -> list[ArraySpec]:
+    return [
+        ArraySpec("y0", ("sample",), (5,), np.dtype("int32")),
+        ArraySpec("images", ("image", "y", "x"), (3, 10, 4), np.dtype("float32"), rows_per_chunk=4),
+    ]
+
+
+def test_store_with_two_leading_axes(tmp_path: Path) -> None:
+    """A second leading axis (a virtual picking store's micrographs) gets its own grid and blocks, row chunks."""
+    path = tmp_path / "two.zarr"
+    grids = {"sample": SampleGrid(2, 4), "image": SampleGrid(1, 1)}
+    images = np.arange(3 * 10 * 4, dtype="float32").reshape(3, 10, 4)
+    with TrainingStore.open_for_writing(path, _two_axis_specs(), grid=grids, record={"pipeline": "t"}) as store:
+        blocks = store.blocks()
+        assert [(b.axis, b.shard, b.start, b.stop) for b in blocks] == [
+            ("sample", 0, 0, 4),
+            ("sample", 1, 4, 5),
+            ("image", 0, 0, 1),
+            ("image", 1, 1, 2),
+            ("image", 2, 2, 3),
+        ]
+        with pytest.raises(StoreError, match=r"expected \['images'\]"):
+            store.write_block(blocks[2], {"y0": np.zeros(1, "int32")})
+        for b in blocks:
+            if b.axis == "sample":
+                store.write_block(b, {"y0": np.arange(b.start, b.stop, dtype="int32")})
+            else:
+                store.write_block(b, {"images": images[b.start : b.stop]})
+        store.finalize()
+    arr = zarr.open_array(str(path / "images"))
+    assert arr.chunks == (1, 4, 4) and arr.shards == (1, 12, 4)
+    np.testing.assert_array_equal(arr[:], images)
+    np.testing.assert_array_equal(zarr.open_array(str(path / "y0"))[:], np.arange(5))
+    assert TrainingStore.open(path).progress() == (5, 5)
+    verify_store(path)
+
+
+def test_store_needs_a_grid_per_axis(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no grid for the leading axis 'image'"):
+        TrainingStore.open_for_writing(
+            tmp_path / "x.zarr", _two_axis_specs(), grid=SampleGrid(2, 4), record={"pipeline": "t"}
+        )
 
 
 def test_arrays_must_agree_on_samples(tmp_path: Path) -> None:
