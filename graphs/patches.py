@@ -22,7 +22,35 @@ from storage.dims import PATCH_DIMS, SAMPLE
 from .errors import ParameterError, SourceError
 from .windows import Edges, WindowGrid, window_grid
 
-__all__ = ["extract_patches", "patch_count"]
+__all__ = ["WindowSelection", "extract_patches", "patch_count", "prepare_images"]
+
+
+@dataclass(frozen=True)
+class WindowSelection:
+    """Which windows of which images make the samples, in sample order.
+
+    Sample order is ``windows[0]`` of image ``images[0]``, then ``windows[1]`` of ``images[1]``, ...; each
+    ``windows[i]`` holds increasing window indices (row-major in the image's :class:`WindowGrid`).
+    """
+
+    images: tuple[int, ...]
+    windows: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.windows):
+            raise ParameterError(f"{len(self.images)} images but {len(self.windows)} window lists")
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples."""
+        return sum(len(w) for w in self.windows)
+
+    def per_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, window)`` of every sample."""
+        counts = [len(w) for w in self.windows]
+        image = np.repeat(np.asarray(self.images, dtype=np.int64), counts)
+        window = np.concatenate([np.asarray(w, dtype=np.int64) for w in self.windows]) if counts else image
+        return image, window
 
 
 def patch_count(
@@ -50,6 +78,7 @@ def extract_patches(
     normalize: bool = False,
     bin: int = 1,
     block_samples: int = 2048,
+    selection: WindowSelection | None = None,
 ) -> xr.Dataset:
     """Cut every image of a stack into sliding-window patches, lazily.
 
@@ -68,6 +97,9 @@ def extract_patches(
         Average ``bin × bin`` pixel blocks before cutting (remainder rows/columns are trimmed).
     block_samples : int
         Samples per output chunk; the engine passes one store shard, so each chunk is one write block.
+    selection : WindowSelection, optional
+        Cut only these windows, in this order (the picking pipeline's kept windows); default: every window of
+        every image, images in stack order.
 
     Returns
     -------
@@ -85,35 +117,31 @@ def extract_patches(
     >>> ds.patches.shape, ds.patches.dtype, ds.y0.values.tolist(), ds.x0.values.tolist()
     ((4, 4, 4), dtype('uint16'), [0, 2, 0, 2], [0, 0, 0, 0])
     """
-    if images.ndim != 3:
-        raise ParameterError(f"images must be a 3-D (image, y, x) stack, got dims {images.dims}")
     if block_samples < 1:
         raise ParameterError(f"block_samples must be >= 1, got {block_samples}")
-    n_images, height, width = _binned_shape(images, bin)
-    grid = window_grid(height, width, size, stride, edges)
+    data, grid = prepare_images(images, size=size, stride=stride, edges=edges, normalize=normalize, bin=bin)
     stack_dim, y_dim, x_dim = images.dims
-    data = _as_dask(images)
+    out_dtype = np.dtype(data.dtype)
 
-    out_dtype = np.dtype(np.float32) if (normalize or bin > 1) else np.dtype(images.dtype)
-    if bin > 1:
-        data = da.coarsen(np.mean, data[:, : height * bin, : width * bin], {1: bin, 2: bin}).astype(np.float32)
-    if normalize:
-        work = data.astype(np.float64)
-        mean = work.mean(axis=(1, 2), keepdims=True)
-        std = work.std(axis=(1, 2), keepdims=True)
-        data = ((work - mean) / da.where(std > 0, std, 1.0)).astype(np.float32)
-    if grid.pad_y or grid.pad_x:
-        data = da.pad(data, ((0, 0), (0, grid.pad_y), (0, grid.pad_x)), mode="reflect")
-
-    n_samples = n_images * grid.per_image
+    n_samples = images.shape[0] * grid.per_image if selection is None else selection.n_samples
     names = _source_names(images, stack_dim)
-    patches = _patches_array(data, grid, out_dtype, names, n_samples, block_samples)
+    patches = _patches_array(data, grid, out_dtype, names, n_samples, block_samples, selection)
     token = tokenize(patches.name, block_samples)
 
     chunks = patches.chunks[:1]
     to_source = _coord(images, "source_index", np.arange(images.shape[0]))
 
+    if selection is not None:
+        sample_image, sample_window = selection.per_sample()
+
     def per_sample(kind: str, table: np.ndarray | None = None) -> da.Array:
+        if selection is not None:
+            # The values of a selection are known here; each block of them is a literal of the graph.
+            return literal_array(
+                _values_of(kind, sample_image, sample_window, grid.nx, grid.stride * bin, table),
+                block_samples,
+                f"patches-{kind}-{token}",
+            )
         # One named task per block computing the values from the block's sample range, so the dashboard shows
         # ``patches-corner-y`` and not a chain of arange, floordiv, mod, astype tasks.
         return cast(
@@ -168,6 +196,80 @@ def extract_patches(
     return ds
 
 
+def prepare_images(
+    images: xr.DataArray,
+    *,
+    size: int,
+    stride: int | None = None,
+    edges: Edges = "drop",
+    normalize: bool = False,
+    bin: int = 1,
+) -> tuple[da.Array, WindowGrid]:
+    """The image stack windows are cut from, lazily: binned, normalized and edge-padded, and its window grid.
+
+    Parameters are those of :func:`extract_patches`. The result is float32 when binning or normalizing, else the
+    source dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> images = xr.DataArray(np.ones((2, 300, 260), "uint16"), dims=("micrograph", "y", "x"))
+    >>> data, grid = prepare_images(images, size=128, stride=64, edges="pad", bin=2)
+    >>> data.shape, data.dtype, (grid.ny, grid.nx)
+    ((2, 192, 192), dtype('float32'), (2, 2))
+    """
+    if images.ndim != 3:
+        raise ParameterError(f"images must be a 3-D (image, y, x) stack, got dims {images.dims}")
+    _, height, width = _binned_shape(images, bin)
+    grid = window_grid(height, width, size, stride, edges)
+    data = _as_dask(images)
+    if bin > 1:
+        data = da.coarsen(np.mean, data[:, : height * bin, : width * bin], {1: bin, 2: bin}).astype(np.float32)
+    if normalize:
+        work = data.astype(np.float64)
+        mean = work.mean(axis=(1, 2), keepdims=True)
+        std = work.std(axis=(1, 2), keepdims=True)
+        data = ((work - mean) / da.where(std > 0, std, 1.0)).astype(np.float32)
+    if grid.pad_y or grid.pad_x:
+        data = da.pad(data, ((0, 0), (0, grid.pad_y), (0, grid.pad_x)), mode="reflect")
+    return data, grid
+
+
+def literal_array(values: np.ndarray, block: int, name: str) -> da.Array:
+    """A dask array over values known at graph-building time, one literal key per ``block`` items.
+
+    Unlike ``da.from_array`` it adds no task (no ``original-…`` key, no getitem per block): the blocks are
+    values of the graph, sent once to the worker that needs them.
+
+    Examples
+    --------
+    >>> literal_array(np.arange(5), 2, "demo-values").chunks
+    ((2, 2, 1),)
+    """
+    values = np.asarray(values)
+    starts = range(0, len(values), block)
+    zeros = (0,) * (values.ndim - 1)
+    layer: dict[Any, Any] = {(name, k, *zeros): values[s : s + block] for k, s in enumerate(starts)}
+    chunks = (tuple(min(block, len(values) - s) for s in starts) or (0,), *((n,) for n in values.shape[1:]))
+    if not layer:
+        return cast(da.Array, da.zeros(values.shape, values.dtype, chunks=max(block, 1)))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=chunks, dtype=values.dtype)
+
+
+def _values_of(
+    kind: str, image: np.ndarray, window: np.ndarray, nx: int, step: int, table: np.ndarray | None
+) -> np.ndarray:
+    if kind == "corner-y":
+        values = (window // nx) * step
+    elif kind == "corner-x":
+        values = (window % nx) * step
+    else:
+        assert table is not None
+        values = table[image]
+    return np.asarray(values, dtype=np.int32)
+
+
 def _binned_shape(images: xr.DataArray, bin: int) -> tuple[int, int, int]:
     if bin < 1:
         raise ParameterError(f"bin must be >= 1, got {bin}")
@@ -201,17 +303,25 @@ class _BlockPlan:
     """What one ``patches-extract`` task cuts: for each image it touches, where its rows start and which windows.
 
     ``pieces[i] = (image, index of the image in its input chunk, first needed row within the first input chunk,
-    w0, w1)``; the task receives the input chunks holding those rows.
+    w0, w1)``; the task receives the input chunks holding those rows. With a selection, ``selected[i]`` holds the
+    window indices and ``[w0, w1)`` is the range of windows they span.
     """
 
     pieces: tuple[tuple[int, int, int, int, int], ...]
+    selected: tuple[np.ndarray, ...] | None
     grid: WindowGrid
     dtype: np.dtype[Any]
     names: tuple[str, ...]
 
 
 def _patches_array(
-    data: da.Array, grid: WindowGrid, dtype: np.dtype[Any], names: list[str], n_samples: int, block_samples: int
+    data: da.Array,
+    grid: WindowGrid,
+    dtype: np.dtype[Any],
+    names: list[str],
+    n_samples: int,
+    block_samples: int,
+    selection: WindowSelection | None = None,
 ) -> da.Array:
     """One task per output block, fed only the input chunks (row bands of images) its windows need.
 
@@ -223,27 +333,50 @@ def _patches_array(
         data = data.rechunk({2: -1})
     image_bounds = np.cumsum((0, *data.chunks[0]))
     row_bounds = np.cumsum((0, *data.chunks[1]))
-    name = f"patches-extract-{tokenize(data, grid, dtype, block_samples, names)}"
+    name = f"patches-extract-{tokenize(data, grid, dtype, block_samples, names, selection)}"
     layer: dict[Any, Any] = {}
     sizes = []
     for k, start in enumerate(range(0, n_samples, block_samples)):
         stop = min(start + block_samples, n_samples)
-        refs, pieces = [], []
-        for image in range(start // grid.per_image, (stop - 1) // grid.per_image + 1):
-            w0 = max(start - image * grid.per_image, 0)
-            w1 = min(stop - image * grid.per_image, grid.per_image)
+        refs, pieces, selected = [], [], []
+        for image, w0, w1, windows in _block_pieces(start, stop, grid.per_image, selection):
+            if windows is not None:
+                selected.append(windows)
             r0, r1 = grid.rows(w0, w1)
             ci = int(np.searchsorted(image_bounds, image, side="right")) - 1
             j0 = int(np.searchsorted(row_bounds, r0, side="right")) - 1
             j1 = int(np.searchsorted(row_bounds, r1, side="left"))
             refs.append([(data.name, ci, j, 0) for j in range(j0, j1)])
             pieces.append((image, image - int(image_bounds[ci]), r0 - int(row_bounds[j0]), w0, w1))
-        layer[(name, k, 0, 0)] = (_cut_block, refs, _BlockPlan(tuple(pieces), grid, dtype, tuple(names)))
+        plan = _BlockPlan(tuple(pieces), tuple(selected) if selection else None, grid, dtype, tuple(names))
+        layer[(name, k, 0, 0)] = (_cut_block, refs, plan)
         sizes.append(stop - start)
     if not sizes:
         return cast(da.Array, da.zeros((0, grid.size, grid.size), dtype, chunks=block_samples))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[cast(Any, data)])
     return da.Array(graph, name, chunks=(tuple(sizes), (grid.size,), (grid.size,)), dtype=dtype)
+
+
+def _block_pieces(
+    start: int, stop: int, per_image: int, selection: WindowSelection | None
+) -> list[tuple[int, int, int, np.ndarray | None]]:
+    """``(image, w0, w1, selected windows or None)`` for each image that samples ``[start, stop)`` touch."""
+    if selection is None:
+        return [
+            (image, max(start - image * per_image, 0), min(stop - image * per_image, per_image), None)
+            for image in range(start // per_image, (stop - 1) // per_image + 1)
+        ]
+    pieces: list[tuple[int, int, int, np.ndarray | None]] = []
+    offset = 0
+    for image, windows in zip(selection.images, selection.windows, strict=True):
+        a, b = max(start - offset, 0), min(stop - offset, len(windows))
+        offset += len(windows)
+        if a < b:
+            chosen = np.asarray(windows[a:b], dtype=np.int64)
+            pieces.append((image, int(chosen[0]), int(chosen[-1]) + 1, chosen))
+        if offset >= stop:
+            break
+    return pieces
 
 
 def _sample_values(
@@ -272,10 +405,13 @@ def _sample_values(
 def _cut_block(chunks: Sequence[Sequence[np.ndarray]], plan: _BlockPlan) -> np.ndarray:
     """Cut each image's windows ``[w0, w1)`` out of its row chunks into one contiguous block."""
     grid = plan.grid
-    n = sum(w1 - w0 for *_, w0, w1 in plan.pieces)
+    if plan.selected is not None:
+        n = sum(len(windows) for windows in plan.selected)
+    else:
+        n = sum(w1 - w0 for *_, w0, w1 in plan.pieces)
     out = np.empty((n, grid.size, grid.size), dtype=plan.dtype)
     k = 0
-    for bands, (image, local, offset, w0, w1) in zip(chunks, plan.pieces, strict=True):
+    for i, (bands, (image, local, offset, w0, w1)) in enumerate(zip(chunks, plan.pieces, strict=True)):
         r0, r1 = grid.rows(w0, w1)
         rows = bands[0][local] if len(bands) == 1 else np.concatenate([band[local] for band in bands], axis=0)
         piece = rows[offset : offset + r1 - r0]
@@ -285,6 +421,11 @@ def _cut_block(chunks: Sequence[Sequence[np.ndarray]], plan: _BlockPlan) -> np.n
             )
         views = sliding_window_view(piece, (grid.size, grid.size))[:: grid.stride, :: grid.stride]
         first_row = w0 // grid.nx
+        if plan.selected is not None:
+            windows = plan.selected[i]
+            out[k : k + len(windows)] = views[windows // grid.nx - first_row, windows % grid.nx]
+            k += len(windows)
+            continue
         for w_row in range(first_row, (w1 - 1) // grid.nx + 1):
             ix0 = max(w0 - w_row * grid.nx, 0)
             ix1 = min(w1 - w_row * grid.nx, grid.nx)
