@@ -222,6 +222,103 @@ def patches(
 
 
 @main.command()
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--picks",
+    "picks",
+    multiple=True,
+    help="Pick files: file, folder or quoted glob (repeatable) [default: zarrforge.picking.picks].",
+)
+@_run_options
+@click.option("--profile", default=None, help="A sampling profile of zarrforge.picking.profiles (e.g. dense).")
+@click.option("--size", type=int, default=None, help="Window side in pixels [default: 128].")
+@click.option("--stride", type=int, default=None, help="Step between windows in pixels [default: 64].")
+@click.option(
+    "--radius", type=float, default=None, help="Positive if a particle center is this close, pixels [default: 20]."
+)
+@click.option(
+    "--negative-ratio", type=float, default=None, help="Share of the other windows kept, 0-1 [default: 0.3]."
+)
+@click.option("--split", default=None, help="Train,val,test shares of the micrographs [default: 0.8,0.1,0.1].")
+@click.option(
+    "--mode",
+    type=click.Choice(["materialized", "virtual"]),
+    default=None,
+    help="materialized: store the patches; virtual: store normalized micrographs once [default: materialized].",
+)
+@click.option("--edges", type=click.Choice(EDGES), default="drop", show_default=True, help="As for patches.")
+@click.option("--normalize/--no-normalize", default=None, help="Per-micrograph zero mean, unit std [default: on].")
+@click.option("--bin", "bin_", type=int, default=None, help="Average bin×bin pixels first [default: 1].")
+@click.option(
+    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
+)
+def picking(
+    inputs: tuple[str, ...],
+    picks: tuple[str, ...],
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    profile: str | None,
+    size: int | None,
+    stride: int | None,
+    radius: float | None,
+    negative_ratio: float | None,
+    split: str | None,
+    mode: str | None,
+    edges: str,
+    normalize: bool | None,
+    bin_: int | None,
+    codec: str | None,
+) -> None:
+    """Build a particle-picking training store: labelled windows of micrographs, split by micrograph.
+
+    INPUTS are micrographs (files, folders or quoted globs; default zarrforge.picking.micrographs); --picks are
+    RELION .star, crYOLO .cbox, EMAN .box, .coord(s), .csv or Topaz .txt files, matched to micrographs by file
+    stem. A window is positive when a particle center is within --radius pixels of its center; every positive
+    is kept and a seeded --negative-ratio share of the others. Micrographs without picks give "unlabeled"
+    windows. Re-running the same command resumes an interrupted run.
+    """
+    from .pipelines import run_picking
+    from .profiles import picking_settings
+
+    settings = picking_settings(
+        profile,
+        micrographs=list(inputs) or None,
+        picks=list(picks) or None,
+        size=size,
+        stride=stride,
+        radius=radius,
+        negative_ratio=negative_ratio,
+        split=split,
+        mode=mode,
+        normalize=normalize,
+        bin=bin_,
+    )
+    summary = run_picking(
+        settings.micrographs,
+        settings.picks,
+        output,
+        size=settings.size,
+        stride=settings.stride,
+        radius=settings.radius,
+        negative_ratio=settings.negative_ratio,
+        split=settings.split,
+        mode=settings.mode,
+        edges=edges,  # type: ignore[arg-type]
+        normalize=settings.normalize,
+        bin=settings.bin,
+        seed=seed,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(summary.line())
+
+
+@main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(store: str, as_json: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from storage.errors import ZarrforgeError
 
-__all__ = ["ClusterError", "RunError", "ZarrforgeError"]
+__all__ = ["ClusterError", "ConfigError", "RunError", "ZarrforgeError"]
 
 
 class ClusterError(ZarrforgeError, RuntimeError):
@@ -13,3 +13,7 @@ class ClusterError(ZarrforgeError, RuntimeError):
 
 class RunError(ZarrforgeError, RuntimeError):
     """A pipeline run failed (the message names the block and the cause)."""
+
+
+class ConfigError(ZarrforgeError, ValueError):
+    """A setting or profile of the ``zarrforge`` config is unknown or invalid."""

@@ -52,6 +52,7 @@ def describe_store(path: str | os.PathLike[str], *, as_json: bool = False) -> st
             f"chunks {chunks}  shards {shards}  codecs {'+'.join(arr['codecs']) or 'none'}  "
             f"{_size(arr['nbytes'])} decoded"
         )
+    lines.extend(_count_lines(meta.get("counts")))
     params = ", ".join(f"{k}={v}" for k, v in meta.get("parameters", {}).items())
     lines.append(f"  made by: zarrforge {meta.get('pipeline', '?')} ({params}), seed {meta.get('seed')}")
     sources = meta.get("sources", [])
@@ -70,3 +71,20 @@ def describe_store(path: str | os.PathLike[str], *, as_json: bool = False) -> st
             f"({summary['nbytes'] / max(summary['seconds'], 1e-9) / 2**20:,.0f} MiB/s decoded)"
         )
     return "\n".join(lines)
+
+
+def _count_lines(counts: dict[str, Any] | None) -> list[str]:
+    """Samples per split and sample type, and what did not match (a picking store's ``counts``)."""
+    if not counts:
+        return []
+    splits = {name: c for name, c in counts.items() if isinstance(c, dict) and "samples" in c}
+    kinds = [k for k in next(iter(splits.values()), {}) if k != "samples"]
+    lines = ["  samples by split:" + "".join(f"{h:>12}" for h in ("samples", *kinds))]
+    for name, c in splits.items():
+        lines.append(f"    {name:<14}" + "".join(f"{c.get(k, 0):>12,}" for k in ("samples", *kinds)))
+    unmatched = counts.get("unmatched")
+    if unmatched:
+        lines.append(
+            "  unmatched: " + ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in unmatched.items())
+        )
+    return lines

@@ -15,7 +15,7 @@ import mrcfile
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["make_micrograph", "write_micrographs"]
+__all__ = ["make_micrograph", "write_micrographs", "write_picking_set"]
 
 
 def make_micrograph(
@@ -95,6 +95,9 @@ def write_micrographs(
     seed: int = 0,
     prefix: str = "micrograph",
     pixel_size: float = 1.06,
+    n_particles: int | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    first: int = 0,
 ) -> list[Path]:
     """Write ``n`` synthetic micrographs as MRC files and return their paths.
 
@@ -115,6 +118,10 @@ def write_micrographs(
         File names are ``{prefix}_{i:04d}.mrc``.
     pixel_size : float
         Voxel size written to the header, in ångström.
+    n_particles, dtype
+        As for :func:`make_micrograph` (``int16`` writes MRC mode 1, half the bytes of float32).
+    first : int
+        Index of the first micrograph (to add files to a set without rewriting it).
 
     Returns
     -------
@@ -130,14 +137,76 @@ def write_micrographs(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        image, _ = make_micrograph(shape, seed=seed, index=i)
-        path = directory / f"{prefix}_{i:04d}.mrc"
-        tmp = path.with_name(path.name + ".partial")
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(image)
-            mrc.voxel_size = pixel_size
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [
+        _write_one(directory, shape, seed, i, prefix, pixel_size, n_particles, dtype)[0]
+        for i in range(first, first + n)
+    ]
+
+
+def write_picking_set(
+    directory: str | os.PathLike[str],
+    n: int,
+    shape: tuple[int, int] = (1024, 1024),
+    *,
+    seed: int = 0,
+    n_particles: int | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    first: int = 0,
+) -> tuple[list[Path], list[Path]]:
+    """Write synthetic micrographs and, beside them, RELION ``.star`` pick files of their particles.
+
+    ``{directory}/micrographs/micrograph_{i:04d}.mrc`` and ``{directory}/picks/micrograph_{i:04d}.star``, whose
+    ``rlnCoordinateX/Y`` are the true particle centers (pixels). Parameters as for :func:`write_micrographs`.
+
+    Returns
+    -------
+    micrographs, picks : list of pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile, starfile
+    >>> mics, picks = write_picking_set(tempfile.mkdtemp(), 1, (128, 128), n_particles=3)
+    >>> len(starfile.read(picks[0]))
+    3
+    """
+    import pandas as pd
+    import starfile
+
+    directory = Path(directory)
+    (directory / "micrographs").mkdir(parents=True, exist_ok=True)
+    (directory / "picks").mkdir(parents=True, exist_ok=True)
+    mics, picks = [], []
+    for i in range(first, first + n):
+        path, centres = _write_one(
+            directory / "micrographs", shape, seed, i, "micrograph", 1.06, n_particles, dtype
+        )
+        table = pd.DataFrame(
+            {"rlnCoordinateX": centres[:, 1], "rlnCoordinateY": centres[:, 0], "rlnMicrographName": path.name}
+        )
+        star = directory / "picks" / f"{path.stem}.star"
+        tmp = star.with_name(star.name + ".partial.star")
+        starfile.write(table, tmp, overwrite=True)
+        os.replace(tmp, star)
+        mics.append(path)
+        picks.append(star)
+    return mics, picks
+
+
+def _write_one(
+    directory: Path,
+    shape: tuple[int, int],
+    seed: int,
+    index: int,
+    prefix: str,
+    pixel_size: float,
+    n_particles: int | None,
+    dtype: npt.DTypeLike,
+) -> tuple[Path, np.ndarray]:
+    image, centres = make_micrograph(shape, seed=seed, index=index, n_particles=n_particles, dtype=dtype)
+    path = directory / f"{prefix}_{index:04d}.mrc"
+    tmp = path.with_name(path.name + ".partial")
+    with mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(image)
+        mrc.voxel_size = pixel_size
+    os.replace(tmp, path)
+    return path, centres

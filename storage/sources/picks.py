@@ -28,7 +28,7 @@ import numpy as np
 
 from storage.errors import SourceError
 
-__all__ = ["PICK_SUFFIXES", "PickMatch", "match_picks", "read_picks"]
+__all__ = ["PICK_SUFFIXES", "PickMatch", "match_picks", "micrograph_stem", "read_picks"]
 
 PICK_SUFFIXES = (".star", ".cbox", ".box", ".coord", ".coords", ".csv", ".txt")
 _X_NAMES = ("rlncoordinatex", "coordinatex", "x", "xcoord", "xcoordinate", "x_coord", "x-coordinate")
@@ -133,7 +133,7 @@ def match_picks(micrographs: Iterable[str | Path], pick_files: Iterable[str | Pa
     """
     stems: dict[str, Path] = {}
     for mic in map(Path, micrographs):
-        stem = _stem(mic.name)
+        stem = micrograph_stem(mic.name)
         if stem in stems:
             raise SourceError(f"{mic}: micrograph name {stem!r} also used by {stems[stem]}; names must be unique")
         stems[stem] = mic
@@ -153,8 +153,15 @@ def match_picks(micrographs: Iterable[str | Path], pick_files: Iterable[str | Pa
 
 
 # ---------------------------------------------------------------------------- helpers
-def _stem(name: str) -> str:
-    """A file name without its directory and suffix(es) that belong to the format (``a.mrc`` → ``a``)."""
+def micrograph_stem(name: str | Path) -> str:
+    """A file name without its directory and suffix(es) that belong to the format, as picks are matched by it.
+
+    Examples
+    --------
+    >>> micrograph_stem("data/mic_001.mrc"), micrograph_stem("mic_002.mrc.gz")
+    ('mic_001', 'mic_002')
+    """
+    name = str(name)
     return Path(name).name.split(".")[0] if name.endswith((".mrc.gz", ".tif.gz")) else Path(name).stem
 
 
@@ -244,5 +251,5 @@ def _centers(path: Path, table: Mapping[str, Any], corner: bool) -> dict[str, np
     image_key = next((k for k in table if k in _IMAGE_NAMES), None)
     if image_key is None:
         return {path.stem: centers}
-    images = np.array([_stem(str(name)) for name in table[image_key]])
+    images = np.array([micrograph_stem(str(name)) for name in table[image_key]])
     return {str(stem): centers[images == stem] for stem in dict.fromkeys(images.tolist())}
