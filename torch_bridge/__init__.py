@@ -13,6 +13,8 @@ Examples
 from __future__ import annotations
 
 from . import _torch  # noqa: F401  (first: a missing torch raises an ImportError that says what to install)
+from .augment import WeakStrongBatch, WeakStrongCollate, strong_augment, weak_augment
+from .balanced import BalancedBatchSampler
 from .cache import ChunkCache
 from .dataset import SampleBatch, ZarrDataset
 from .loader import collate, make_loader
@@ -20,14 +22,19 @@ from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler, order
 from .threaded import ThreadedLoader
 
 __all__ = [
+    "BalancedBatchSampler",
     "BatchIndices",
     "ChunkBatchSampler",
     "ChunkCache",
     "ChunkShuffleSampler",
     "SampleBatch",
     "ThreadedLoader",
+    "WeakStrongBatch",
+    "WeakStrongCollate",
     "ZarrDataset",
     "collate",
     "make_loader",
     "order_randomness",
+    "strong_augment",
+    "weak_augment",
 ]

@@ -48,11 +48,27 @@ _Groups = list[tuple[int, np.ndarray, slice | np.ndarray]]
 
 @dataclass(frozen=True)
 class _ArrayInfo:
-    """What the dataset knows of one array without opening it: its shape, dtype and samples per chunk."""
+    """What the dataset knows of one array without opening it: its shape, dtype, samples per chunk and dims."""
 
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     chunk_samples: int
+    dims: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _VirtualPatches:
+    """A ``(sample, size, size)`` array a store describes but does not hold (a virtual picking store's patches).
+
+    Sample ``i`` is ``images[index[i], y0[i] // scale :, x0[i] // scale :]`` cut to ``size × size``.
+    """
+
+    images: str
+    index: str
+    y0: str
+    x0: str
+    size: int
+    scale: int
 
 
 class SampleBatch(list):  # type: ignore[type-arg]
@@ -154,6 +170,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         metadata: Sequence[str] | None = None,
         load_in_memory: bool = False,
         cache_bytes: int | None = None,
+        split: str | None = None,
     ) -> None:
         self.path = Path(store)
         if isinstance(arrays, str) or isinstance(metadata, str):
@@ -165,6 +182,16 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.load_in_memory = bool(load_in_memory)
 
         available = _list_arrays(self.path)
+        self._virtual = _virtual_arrays(self.path, available)
+        sample_arrays = {name: info for name, info in available.items() if info.dims[:1] in (("sample",), ())}
+        for name, virtual in self._virtual.items():
+            index = available[virtual.index]
+            image = available[virtual.images]
+            sample_arrays[name] = _ArrayInfo(
+                (index.shape[0], virtual.size, virtual.size), image.dtype, index.chunk_samples, ("sample",)
+            )
+        hidden = [name for name in available if name not in sample_arrays]  # other leading axes
+        available = sample_arrays
         if arrays is None:
             arrays = [name for name, info in available.items() if len(info.shape) >= 2]
             if not arrays:
@@ -177,8 +204,9 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         for kind, names in (("arrays", arrays), ("metadata", metadata)):
             missing = [name for name in names if name not in available]
             if missing:
+                why = f" ({missing[0]!r} is not indexed by sample)" if missing[0] in hidden else ""
                 raise StoreError(
-                    f"{self.path}: no array {missing[0]!r} (asked for in {kind}=); "
+                    f"{self.path}: no array {missing[0]!r} (asked for in {kind}=){why}; "
                     f"available arrays: {', '.join(available) or 'none'}"
                 )
             if len(set(names)) != len(names):
@@ -189,10 +217,21 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.metadata: tuple[str, ...] = tuple(metadata)
         used = (*self.arrays, *self.metadata)
         self._info: dict[str, _ArrayInfo] = {name: available[name] for name in used}
+        # What the virtual arrays read: their index arrays (through the cache) and images (in row bands).
+        self._sources: dict[str, _ArrayInfo] = {}
+        for name in used:
+            if name in self._virtual:
+                v = self._virtual[name]
+                self._sources.update({n: available[n] for n in (v.index, v.y0, v.x0)})
+                self._sources[v.images] = _list_arrays(self.path)[v.images]
         sizes = {name: self._info[name].shape[0] for name in used}
         if len(set(sizes.values())) != 1:
             raise StoreError(f"{self.path}: arrays disagree on the number of samples: {sizes}")
-        self._n = int(sizes[self.arrays[0]])
+        self._offset, stop = 0, int(sizes[self.arrays[0]])
+        self.split = split
+        if split is not None:
+            self._offset, stop = _split_range(self.path, split)
+        self._n = stop - self._offset
         # What __getitem__ needs, computed once: (name, samples per chunk) of what it reads.
         self._read_plan: tuple[tuple[str, int], ...] = tuple(
             (name, self._info[name].chunk_samples) for name in self.arrays
@@ -223,7 +262,8 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             memory = self._memory  # plain numpy arrays stay valid in a forked child (copy on write)
             self._reset_process_state()
             self._cache = ChunkCache(self.cache_bytes)
-            self._readers = {name: ChunkReader(self.path / name) for name in self._info}
+            stored = [name for name in (*self._info, *self._sources) if name not in self._virtual]
+            self._readers = {name: ChunkReader(self.path / name) for name in stored}
             if self.load_in_memory:
                 self._memory = memory if memory is not None else self._read_all()
             self._pid = pid  # last: another thread uses the state only once it is complete
@@ -231,11 +271,15 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
     def _read_all(self) -> dict[str, np.ndarray]:
         out = {}
         for name, reader in self._readers.items():
-            info = self._info[name]
-            full = np.empty(info.shape, dtype=reader.dtype)
+            full = np.empty(reader.shape, dtype=reader.dtype)
             for k in range(reader.n_chunks):
                 start, stop = reader.chunk_bounds(k)
-                full[start:stop] = reader.read_chunk(k)
+                if not reader.rows_per_chunk:
+                    full[start:stop] = reader.read_chunk(k)
+                for row in range(reader.n_row_chunks if reader.rows_per_chunk else 0):
+                    r0 = row * reader.rows_per_chunk
+                    band = reader.read_chunk(k, row=row)
+                    full[start:stop, r0 : r0 + band.shape[1]] = band
             full.flags.writeable = False
             out[name] = full
         log.debug("loaded %s into memory (%d bytes)", self.path, sum(a.nbytes for a in out.values()))
@@ -255,8 +299,13 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
     def chunk_nbytes(self) -> int:
         """Decoded bytes of one chunk of each array read (``arrays``, and ``metadata`` when returned)."""
         names = (*self.arrays, *(self.metadata if self.return_metadata else ()))
+        # A virtual array's chunk is cut from row bands of its images that also hold rows of neighbouring
+        # windows: count three times the bytes of its patches.
         return sum(
-            self._info[n].chunk_samples * int(np.prod(self._info[n].shape[1:])) * self._info[n].dtype.itemsize
+            (3 if n in self._virtual else 1)
+            * self._info[n].chunk_samples
+            * int(np.prod(self._info[n].shape[1:]))
+            * self._info[n].dtype.itemsize
             for n in names
         )
 
@@ -270,6 +319,29 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             self.cache_bytes = need
             if self._cache is not None:
                 self._cache.capacity_bytes = need
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole array ``name`` for this dataset's samples (of its ``split``), read chunk by chunk.
+
+        Meant for small per-sample arrays, e.g. the ``label`` a balanced sampler needs.
+
+        Examples
+        --------
+        >>> ZarrDataset(path, return_metadata=True).read("label")  # doctest: +SKIP
+        array([0, 1, 0, ...], dtype=int8)
+        """
+        try:
+            reader = ChunkReader(self.path / name)
+        except StoreError:
+            raise StoreError(f"{self.path}: no array {name!r} to read") from None
+        if reader.shape[:1] != (self._offset + self._n,) and reader.shape[0] < self._offset + self._n:
+            raise StoreError(f"{self.path}: array {name!r} has {reader.shape[0]} items, not one per sample")
+        c = reader.chunk_samples
+        first, last = self._offset // c, -(-(self._offset + self._n) // c)
+        parts = [reader.read_chunk(k) for k in range(first, last)]
+        values = np.concatenate(parts) if parts else np.empty((0, *reader.shape[1:]), reader.dtype)
+        start = self._offset - first * c
+        return values[start : start + self._n]
 
     @property
     def cache(self) -> ChunkCache:
@@ -289,25 +361,34 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
     @property
     def n_chunks(self) -> int:
-        """Number of chunks of the primary array along the sample axis."""
-        return -(-self._n // self.chunk_samples)
+        """Number of chunks of the primary array along the sample axis (those holding samples of ``split``)."""
+        c = self.chunk_samples
+        return -(-(self._offset + self._n) // c) - self._offset // c
 
     def chunk_bounds(self, k: int) -> tuple[int, int]:
-        """Samples ``[start, stop)`` of chunk ``k`` of the primary array."""
+        """Samples ``[start, stop)`` of chunk ``k`` of the primary array.
+
+        With a ``split``, its first and last chunk may hold fewer samples.
+        """
         if not 0 <= k < self.n_chunks:
             raise IndexError(f"chunk {k} out of range for {self.n_chunks} chunks of {self.path}")
-        start = k * self.chunk_samples
-        return start, min(start + self.chunk_samples, self._n)
+        c, offset = self.chunk_samples, self._offset
+        first = (offset // c + k) * c
+        return max(first, offset) - offset, min(first + c, offset + self._n) - offset
 
     def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split is not None else ""
         return (
-            f"ZarrDataset({str(self.path)!r}, arrays={list(self.arrays)}, samples={self._n}, "
+            f"ZarrDataset({str(self.path)!r}, arrays={list(self.arrays)}{split}, samples={self._n}, "
             f"chunk_samples={self.chunk_samples}, "
             f"metadata={list(self.metadata) if self.return_metadata else None})"
         )
 
     # ------------------------------------------------------------ reading
     def _row(self, name: str, chunk_samples: int, i: int) -> np.ndarray:
+        if name in self._virtual:
+            out = np.empty(self._info[name].shape[1:], dtype=self._info[name].dtype)
+            return self._cut(name, np.array([i]), {}, out[None])[0]
         if self._memory is not None:
             return self._memory[name][i]
         k, j = divmod(i, chunk_samples)
@@ -326,6 +407,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"sample {index} out of range for {n} samples of {self.path}")
+        i += self._offset
         self._ensure_process()
         sample: dict[str, Any] = {
             name: torch.from_numpy(np.array(self._row(name, c, i))) for name, c in self._read_plan
@@ -372,6 +454,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         bad = np.flatnonzero((idx < 0) | (idx >= n))
         if len(bad):
             raise IndexError(f"sample {indices[int(bad[0])]} out of range for {n} samples of {self.path}")
+        idx += self._offset
         self._ensure_process()
         groups: dict[int, _Groups] = {}
         stacked: dict[str, Any] = {}
@@ -415,7 +498,14 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
                     self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrforge-prefetch")
         primary = self.chunk_samples
         plan = self._read_plan + (tuple((m, c) for m, c, _ in self._meta_plan) if self.return_metadata else ())
+        # A virtual array's bands are known only once its index is read: prefetch the index.
+        plan = tuple(
+            (v.index, self._sources[v.index].chunk_samples) if (v := self._virtual.get(name)) else (name, c)
+            for name, c in plan
+        )
+        first = self._offset // primary
         for k in chunks:
+            k = first + k
             for name, c in plan:
                 if c == primary and 0 <= k < self._readers[name].n_chunks:
                     self._cache.prefetch((name, k), functools.partial(self._decode, name, k), self._prefetcher)
@@ -427,9 +517,11 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
         ``out`` defaults to a new array.
         """
-        info = self._info[name]
+        info = self._info.get(name) or self._sources[name]
         if out is None:
             out = np.empty((len(idx), *info.shape[1:]), dtype=info.dtype)
+        if name in self._virtual:
+            return self._cut(name, idx, groups, out)
         if self._memory is not None:
             np.take(self._memory[name], idx, axis=0, out=out, mode="clip")  # "clip": no buffering, checked above
             return out
@@ -442,6 +534,86 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             else:
                 out[where] = chunk[local]
         return out
+
+    # ------------------------------------------------------------ virtual arrays
+    def _cut(self, name: str, idx: np.ndarray, groups: dict[int, _Groups], out: np.ndarray) -> np.ndarray:
+        """Cut the windows of samples ``idx`` of virtual array ``name`` into ``out``."""
+        v = self._virtual[name]
+        where = self._gather(v.index, self._sources[v.index].chunk_samples, idx, groups)
+        ys = self._gather(v.y0, self._sources[v.y0].chunk_samples, idx, groups) // v.scale
+        xs = self._gather(v.x0, self._sources[v.x0].chunk_samples, idx, groups) // v.scale
+        size = v.size
+        if self._memory is not None:
+            images = self._memory[v.images]
+            for j, (m, y, x) in enumerate(zip(where.tolist(), ys.tolist(), xs.tolist(), strict=True)):
+                out[j] = images[m, y : y + size, x : x + size]
+            return out
+        reader = self._readers[v.images]
+        rows = reader.rows_per_chunk or reader.shape[1]
+        for j, (m, y, x) in enumerate(zip(where.tolist(), ys.tolist(), xs.tolist(), strict=True)):
+            band, r = divmod(y, rows)
+            filled = 0
+            while filled < size:  # a window spans one or more row bands
+                rows_here = self._band(v.images, m, band)
+                take = min(size - filled, rows_here.shape[0] - r)
+                out[j, filled : filled + take] = rows_here[r : r + take, x : x + size]
+                filled += take
+                band, r = band + 1, 0
+        return out
+
+    def _band(self, images: str, m: int, band: int) -> np.ndarray:
+        """Row band ``band`` of image ``m`` of ``images``, decoded once into the cache."""
+        key = (images, m, band)
+        return self._cache.get(key, functools.partial(self._decode_band, images, m, band))[0]  # type: ignore[union-attr]
+
+    def _decode_band(self, images: str, m: int, band: int) -> np.ndarray:
+        reader = self._readers[images]
+        spare = self._cache.spare(reader.chunk_shape, reader.dtype)  # type: ignore[union-attr]
+        return reader.read_chunk(m, out=spare, row=band)
+
+
+def _virtual_arrays(path: Path, available: Mapping[str, _ArrayInfo]) -> dict[str, _VirtualPatches]:
+    """The virtual arrays a store describes in ``attrs["zarrforge"]["virtual"]``, checked against its arrays."""
+    meta = _read_json(path / "zarr.json") or {}
+    described = meta.get("attributes", {}).get("zarrforge", {}).get("virtual") or {}
+    virtual = {}
+    for name, spec in described.items():
+        try:
+            v = _VirtualPatches(
+                images=spec["images"],
+                index=spec["index"],
+                y0=spec["y0"],
+                x0=spec["x0"],
+                size=int(spec["size"]),
+                scale=int(spec.get("scale", 1)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{path}: the description of virtual array {name!r} is damaged ({e})") from None
+        missing = [n for n in (v.images, v.index, v.y0, v.x0) if n not in available]
+        if missing:
+            raise StoreError(f"{path}: virtual array {name!r} needs array {missing[0]!r}, which the store lacks")
+        virtual[name] = v
+    return virtual
+
+
+def _split_range(path: Path, split: str) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of ``split`` (a picking store holds each split's samples together)."""
+    reader = ChunkReader(path / "split")  # raises a StoreError naming the path if there is none
+    meta = _read_json(path / "split" / "zarr.json") or {}
+    attrs = meta.get("attributes", {})
+    names = str(attrs.get("flag_meanings", "")).split()
+    values = attrs.get("flag_values", [])
+    if split not in names:
+        raise ValueError(f"split={split!r}: {path} has splits {', '.join(names) or 'none named'}")
+    code = values[names.index(split)]
+    column = np.concatenate([reader.read_chunk(k) for k in range(reader.n_chunks)]) if reader.n_chunks else []
+    hits = np.flatnonzero(np.asarray(column) == code)
+    if len(hits) == 0:
+        raise ValueError(f"split={split!r}: {path} holds no {split} samples (too few micrographs for the ratios?)")
+    start, stop = int(hits[0]), int(hits[-1]) + 1
+    if stop - start != len(hits):
+        raise StoreError(f"{path}: the {split} samples are not stored together; cannot open them as a split")
+    return start, stop
 
 
 def _empty_batch(shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
@@ -504,7 +676,8 @@ def _list_arrays(path: Path) -> dict[str, _ArrayInfo]:
         if meta is None or meta.get("node_type") != "array":
             continue
         reader = ChunkReader(child)
-        found[child.name] = _ArrayInfo(tuple(reader.shape), reader.dtype, int(reader.chunk_samples))
+        dims = tuple(meta.get("dimension_names") or ())
+        found[child.name] = _ArrayInfo(tuple(reader.shape), reader.dtype, int(reader.chunk_samples), dims)
     return found
 
 

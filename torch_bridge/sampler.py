@@ -196,7 +196,14 @@ def _per_rank_samples(sizes: np.ndarray, num_replicas: int, drop_last: bool) -> 
     n_chunks = len(sizes)
     if n_chunks == 0:
         return 0
+    if num_replicas == 1:
+        return int(sizes.sum())
     full = int(sizes.max())
+    if n_chunks > 1 and (sizes[:-1] != full).any():
+        # Several short chunks (a dataset's split starts mid-chunk): a bound that holds for every deal.
+        q, rem = divmod(n_chunks, num_replicas)
+        ordered = np.sort(sizes)
+        return int(ordered[:q].sum()) if drop_last else int(ordered[::-1][: q + (rem > 0)].sum())
     short = full - int(sizes[-1])
     q, rem = divmod(n_chunks, num_replicas)
     shares = (q + (np.arange(num_replicas) < rem)) * full  # chunks per rank, all full

@@ -70,3 +70,45 @@ def metadata_chunked_store(tmp_path: Path) -> Path:
     label = group.create_array("label", shape=(100,), chunks=(10,), dtype="int64")
     label[:] = np.arange(100) * 2
     return tmp_path / "g.zarr"
+
+
+@pytest.fixture(scope="session")
+def picking_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same picking set stored ``materialized`` and ``virtual`` (six 300 × 260 micrographs, one unpicked).
+
+    Windows of 32 pixels at stride 16 in row bands of 16 rows, so a window spans two or three bands; chunks of 64
+    samples.
+    """
+    import dask.config
+
+    from engine.pipelines import run_picking
+    from storage.synthetic import write_picking_set
+
+    root = tmp_path_factory.mktemp("picking")
+    write_picking_set(root, 6, (300, 260), seed=11, n_particles=15)
+    (root / "picks" / "micrograph_0005.star").unlink()
+    stores = {}
+    config = {
+        "zarrforge.local.processes": False,
+        "zarrforge.local.n-workers": 1,
+        "zarrforge.local.threads-per-worker": 2,
+        "zarrforge.local.dashboard-address": "127.0.0.1:0",
+        "zarrforge.store.chunk-bytes": 64 * 32 * 32 * 4,
+        "zarrforge.store.shard-bytes": 256 * 32 * 32 * 4,
+    }
+    with dask.config.set(config):
+        for mode in ("materialized", "virtual"):
+            stores[mode] = root / f"{mode}.zarr"
+            run_picking(
+                str(root / "micrographs"),
+                str(root / "picks"),
+                stores[mode],
+                size=32,
+                stride=16,
+                radius=6,
+                negative_ratio=0.5,
+                split=(0.5, 0.25, 0.25),
+                mode=mode,  # type: ignore[arg-type]
+                progress=False,
+            )
+    return stores

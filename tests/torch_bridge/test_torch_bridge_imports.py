@@ -48,14 +48,19 @@ def test_public_names() -> None:
     import torch_bridge
 
     assert sorted(torch_bridge.__all__) == [
+        "BalancedBatchSampler",
         "BatchIndices",
         "ChunkBatchSampler",
         "ChunkCache",
         "ChunkShuffleSampler",
         "SampleBatch",
         "ThreadedLoader",
+        "WeakStrongBatch",
+        "WeakStrongCollate",
         "ZarrDataset",
         "collate",
         "make_loader",
         "order_randomness",
+        "strong_augment",
+        "weak_augment",
     ]
