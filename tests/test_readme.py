@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,3 +35,33 @@ def test_the_set_up_commands_are_what_ci_runs():
     test_command = 'pip install torch==2.13.0; pip install -e ".[torch,test]" && python -m pytest'
     assert test_command in text and test_command in ci
     assert 'pip install torch==2.13.0; pip install -e ".[torch]" && zarrforge demo' in text
+
+
+def test_the_picking_commands_and_example_run(tmp_path: Path):
+    """The README's picking command on generated micrographs and picks, then its training example."""
+    from storage.synthetic import write_picking_set
+
+    write_picking_set(tmp_path, 4, (512, 512), seed=0)  # micrographs/*.mrc and picks/*.star, as in the README
+    text = README.read_text()
+    command = re.search(r"(zarrforge picking .*?--seed 0)", text, re.S)
+    assert command is not None
+    env = {"DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0"}
+    done = subprocess.run(
+        command.group(1).replace("\\\n", " "),
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    info = subprocess.run(["zarrforge", "info", "picking.zarr"], cwd=tmp_path, capture_output=True, text=True)
+    assert "samples by split" in info.stdout
+    example = re.search(
+        r"```python\n(import torch\nfrom torch_bridge import BalancedBatchSampler.*?)```", text, re.S
+    )
+    assert example is not None
+    (tmp_path / "train.py").write_text(example.group(1).replace("...", "assert int(label.sum()) == 32"))
+    done = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
