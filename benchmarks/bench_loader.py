@@ -146,6 +146,8 @@ RATIO_DEFINITIONS = {
     "window<N>_cost": "zarrforge-batch-window<N> / zarrforge-batch, lz4, workers 2 (_w0: workers 0)",
     "rss_vs_budget": "peak RSS of zarrforge-batch's process tree (main + 2 workers), lz4 / (2 × cache + 500 MB), "
     "cache: the chunk caches of both workers (2 × cache_bytes); rss_vs_budget_w0: workers 0, one cache",
+    "pss_vs_budget": "the same with the tree's summed PSS: a page shared by several processes (torch's libraries "
+    "in the main process and each worker) counted once in all instead of once per process",
 }
 
 
@@ -425,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             record = {**run.result, "loader": name, "codec": codec, "workers": w, "repeat": rep}
             record.update(
-                peak_rss=run.peak_rss, main_rss=run.main_peak, worker_rss=run.child_peak, wall_s=run.wall_s
+                peak_rss=run.peak_rss,
+                peak_pss=run.pss_peak,
+                main_rss=run.main_peak,
+                worker_rss=run.child_peak,
+                wall_s=run.wall_s,
             )
             record["randomness"] = _randomness(record.pop("order"), data["grid"]["chunk_samples"])
             runs.append(record)
@@ -473,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             ("mixing", "mixing", ".2f"),
             ("lag1_corr", "lag-1 corr", ".2f"),
             ("peak_rss_mib", "RSS tree MiB", ",.0f"),
+            ("peak_pss_mib", "PSS tree MiB", ",.0f"),
             ("main_rss_mib", "main MiB", ",.0f"),
             ("worker_rss_mib", "worker MiB", ",.0f"),
             ("decodes", "decodes", ",.0f"),
@@ -579,6 +586,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str
             "samples_per_s": rate,
             "mb_per_s": rate * SAMPLE_BYTES / MB,
             "peak_rss_mib": median(r["peak_rss"] for r in mine) / 2**20,
+            "peak_pss_mib": median(r.get("peak_pss", 0) for r in mine) / 2**20 or None,
             "main_rss_mib": median(r["main_rss"] for r in mine) / 2**20,
             "worker_rss_mib": median(r["worker_rss"] for r in mine) / 2**20 or None,  # None: no worker process
             "startup_s": median(r["startup_s"] for r in mine),
@@ -636,9 +644,11 @@ def compute_ratios(summary: dict[tuple[str, str, int], dict[str, Any]], cache_by
         pairs[f"window{window}_cost"] = (rate(f"zarrforge-batch-window{window}", 2), rate("zarrforge-batch", 2))
         pairs[f"window{window}_cost_w0"] = (rate(f"zarrforge-batch-window{window}", 0), rate("zarrforge-batch", 0))
     ratios = {key: a / b for key, (a, b) in pairs.items() if a and b}
-    for w, key in ((2, "rss_vs_budget"), (0, "rss_vs_budget_w0")):
+    for w, suffix in ((2, ""), (0, "_w0")):
         if ours := summary.get(("zarrforge-batch", "lz4", w)):
-            ratios[key] = ours["peak_rss_mib"] * 2**20 / rss_budget(cache_bytes, w)
+            ratios[f"rss_vs_budget{suffix}"] = ours["peak_rss_mib"] * 2**20 / rss_budget(cache_bytes, w)
+            if ours["peak_pss_mib"]:
+                ratios[f"pss_vs_budget{suffix}"] = ours["peak_pss_mib"] * 2**20 / rss_budget(cache_bytes, w)
     return ratios
 
 

@@ -22,7 +22,7 @@ from storage.dims import PATCH_DIMS, SAMPLE
 from .errors import ParameterError, SourceError
 from .windows import Edges, WindowGrid, window_grid
 
-__all__ = ["WindowSelection", "extract_patches", "patch_count", "prepare_images"]
+__all__ = ["WindowSelection", "extract_patches", "normalize_images", "patch_count", "prepare_images"]
 
 
 @dataclass(frozen=True)
@@ -226,13 +226,57 @@ def prepare_images(
     if bin > 1:
         data = da.coarsen(np.mean, data[:, : height * bin, : width * bin], {1: bin, 2: bin}).astype(np.float32)
     if normalize:
-        work = data.astype(np.float64)
-        mean = work.mean(axis=(1, 2), keepdims=True)
-        std = work.std(axis=(1, 2), keepdims=True)
-        data = ((work - mean) / da.where(std > 0, std, 1.0)).astype(np.float32)
+        # One task per image (``patches-normalize``): a chain of whole-image float64 temporaries made this step
+        # cost as much as everything else of a virtual picking run, mostly in page faults of fresh memory.
+        if data.numblocks[1] > 1 or data.numblocks[2] > 1:
+            data = data.rechunk({1: -1, 2: -1})
+        data = cast(
+            da.Array,
+            da.map_blocks(
+                normalize_images,
+                data,
+                dtype=np.float32,
+                meta=np.empty((0, 0, 0), np.float32),
+                name=f"patches-normalize-{tokenize(data)}",
+            ),
+        )
     if grid.pad_y or grid.pad_x:
         data = da.pad(data, ((0, 0), (0, grid.pad_y), (0, grid.pad_x)), mode="reflect")
     return data, grid
+
+
+def normalize_images(stack: np.ndarray, rows: int = 256) -> np.ndarray:
+    """Each image of ``stack`` minus its mean, divided by its standard deviation (1 if it is 0), as float32.
+
+    The mean and standard deviation are computed in float64 and the result as ``(x - mean) / std`` in float64
+    before rounding, like ``((x.astype(float64) - mean) / std).astype(float32)``, but ``rows`` rows at a time
+    through one reused buffer.
+
+    Examples
+    --------
+    >>> normalize_images(np.array([[[1.0, 3.0], [1.0, 3.0]]])).tolist()
+    [[[-1.0, 1.0], [-1.0, 1.0]]]
+    """
+    out = np.empty(stack.shape, dtype=np.float32)
+    if stack.size == 0:
+        return out
+    buffer = np.empty((min(rows, stack.shape[1]), stack.shape[2]), dtype=np.float64)
+    for i, image in enumerate(stack):
+        mean = image.mean(dtype=np.float64)
+        squares = 0.0
+        for r in range(0, image.shape[0], rows):
+            d = buffer[: min(rows, image.shape[0] - r)]
+            np.subtract(image[r : r + rows], mean, out=d, dtype=np.float64)
+            flat = d.reshape(-1)
+            squares += float(np.dot(flat, flat))
+        std = np.sqrt(squares / image.size)
+        std = std if std > 0 else 1.0
+        for r in range(0, image.shape[0], rows):
+            d = buffer[: min(rows, image.shape[0] - r)]
+            np.subtract(image[r : r + rows], mean, out=d, dtype=np.float64)
+            np.divide(d, std, out=d)
+            out[i, r : r + rows] = d
+    return out
 
 
 def literal_array(values: np.ndarray, block: int, name: str) -> da.Array:
