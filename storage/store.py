@@ -316,7 +316,7 @@ class TrainingStore:
         n_blocks = len(_plan(content))
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            **{k: content[k] for k in ("pipeline", "parameters", "seed", "sources") if k in content},
+            **{k: v for k, v in content.items() if k not in ("arrays", "grid", "axes", "codec")},
             "versions": package_versions(),
             "created": utc_now(),
             "fingerprint": fp,
