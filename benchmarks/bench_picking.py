@@ -2,7 +2,8 @@
 
 **Modes** (default): synthetic 4096² float32 micrographs with 300 particle-like blobs each and RELION ``.star``
 picks of their true centers, 128×128 windows every 64 pixels (stride = size / 2), each command in a fresh process
-on the embedded LocalCluster, timed from its launch to the end of a ``sync`` of what it wrote, rounds interleaved:
+on the embedded LocalCluster, timed from its launch to the end of a ``sync`` of what it wrote, rounds interleaved,
+the input read into the page cache just before each build (``--cold``: dropped from it instead):
 
 - ``zarrforge patches --normalize`` on the same micrographs: the foundation's pipeline, the per-byte baseline;
 - ``zarrforge picking --mode materialized`` and ``--mode virtual`` at ``--negative-ratio`` (default 1.0: every
@@ -36,7 +37,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import GB, RSSSampler, dir_nbytes, median, print_table, run_worker, write_json
+from benchmarks._common import (
+    GB,
+    RSSSampler,
+    dir_nbytes,
+    median,
+    print_table,
+    run_worker,
+    warm_page_cache,
+    write_json,
+)
+from benchmarks.bench_patches import drop_caches
 
 SIZE, STRIDE, RADIUS, PICKS = 128, 64, 20, 300
 
@@ -131,7 +142,13 @@ def modes(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
         order = list(configs) if r % 2 == 0 else list(reversed(configs))
         for name in order:
             store = work / f"{name}.zarr"
-            runs[name].append(run_cli(configs[name], store))
+            # This VM reclaims idle page cache within minutes (DAMON): make the input's state explicit.
+            if args.cold:
+                cold = drop_caches()
+            else:
+                warm_page_cache([folder])
+                cold = False
+            runs[name].append({**run_cli(configs[name], store), "input_cold": cold})
             if name in loads:
                 cmd = [sys.executable, __file__, "--worker-loader", str(store), str(args.loader_samples)]
                 loads[name].append(run_worker([*cmd, "2"]).result)
@@ -207,7 +224,8 @@ def scale(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
         mics = [str(f) for f in files[:n]]
         cmd = ["picking", *mics, "--picks", str(folder / "picks"), "--size", str(SIZE), "--stride", str(STRIDE)]
         cmd += ["--radius", str(RADIUS), "--negative-ratio", str(args.scale_ratio), "--mode", args.scale_mode]
-        run = run_cli(cmd, work / f"scale-{n}.zarr")
+        cold = drop_caches()  # 600 micrographs do not fit in the page cache: start every size cold
+        run = {**run_cli(cmd, work / f"scale-{n}.zarr"), "input_cold": cold}
         shutil.rmtree(work / f"scale-{n}.zarr", ignore_errors=True)
         runs[n] = run
         rows.append(
@@ -264,6 +282,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, help="micrograph side (default 4096, quick 2048)")
     parser.add_argument("--negative-ratio", type=float, default=1.0, help="for the modes (default 1.0)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of the modes (default 1)")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each build (root)")
     parser.add_argument("--loader-samples", type=int, default=40_000, help="samples per timed loader epoch")
     parser.add_argument("--scale", action="store_true", help="also run the scale benchmark (long, ~45 GB disk)")
     parser.add_argument("--only-scale", action="store_true", help="run only the scale benchmark")
