@@ -375,3 +375,45 @@ def test_real_micrograph_and_relion_picks(real_data: Path, tmp_path: Path) -> No
     assert int((ds.label == 1).sum()) > 10 and int((ds.sample_type == 2).sum()) == 0
     patches = torch.as_tensor(ds.patches.values)
     assert torch.isfinite(patches).all() and abs(float(patches.mean())) < 0.5
+
+
+@pytest.mark.real_data
+@pytest.mark.usefixtures("threads_cluster")
+def test_real_box_picks_on_a_stand_in_micrograph(real_data: Path, tmp_path: Path) -> None:
+    """ASPIRE's EMAN .box (lower-left corners of 256-pixel boxes) drives the labels as centers = corner + 128.
+
+    The box file's micrograph (4096² Falcon, EMPIAR-10017) is not shipped: a blank stand-in of that size and name
+    takes its place, binned 4× (picks stay in source pixels).
+    """
+    import mrcfile
+
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    with mrcfile.new(mics / "sample.mrc") as mrc:
+        mrc.set_data(np.zeros((4096, 4096), dtype=np.int8))
+    box = real_data / "picks-formats" / "aspire" / "sample.box"
+    run_picking(
+        str(mics),
+        str(box),
+        tmp_path / "b.zarr",
+        size=64,
+        stride=32,
+        radius=60,
+        negative_ratio=0.0,
+        bin=4,
+        split=(1, 0, 0),
+        progress=False,
+    )
+    ds = xr.open_zarr(tmp_path / "b.zarr")
+    corners = np.loadtxt(box)[:, :2]
+    centers = corners + 128  # (x, y) of the box centers
+    cy = ds.y0.values + 128  # a 64-pixel window of the 4× binned image spans 256 source pixels
+    cx = ds.x0.values + 128
+    d2 = (centers[None, :, 1] - cy[:, None]) ** 2 + (centers[None, :, 0] - cx[:, None]) ** 2
+    assert (d2.min(axis=1) <= 60**2).all()  # every kept window is positive (ratio 0 keeps no negative)
+    ny = nx = (1024 - 64) // 32 + 1
+    grid_y, grid_x = np.meshgrid((np.arange(ny) * 32 + 32) * 4.0, (np.arange(nx) * 32 + 32) * 4.0, indexing="ij")
+    dy = centers[None, :, 1] - grid_y.reshape(-1, 1)
+    dx = centers[None, :, 0] - grid_x.reshape(-1, 1)
+    d2_all = dy**2 + dx**2
+    assert ds.sizes["sample"] == int((d2_all.min(axis=1) <= 60**2).sum()) > 100
