@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import operator
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 from storage.chunks import ChunkReader
 from storage.errors import StoreError
 
+from ._layout import ArrayInfo, list_arrays, split_range, virtual_arrays
 from ._torch import torch
 from .cache import ChunkCache
 
@@ -44,31 +43,6 @@ os.register_at_fork(after_in_child=_new_open_lock)
 
 # Samples of a batch grouped by chunk: (chunk, indices within it, where they go in the batch) per chunk.
 _Groups = list[tuple[int, np.ndarray, slice | np.ndarray]]
-
-
-@dataclass(frozen=True)
-class _ArrayInfo:
-    """What the dataset knows of one array without opening it: its shape, dtype, samples per chunk and dims."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    chunk_samples: int
-    dims: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _VirtualPatches:
-    """A ``(sample, size, size)`` array a store describes but does not hold (a virtual picking store's patches).
-
-    Sample ``i`` is ``images[index[i], y0[i] // scale :, x0[i] // scale :]`` cut to ``size × size``.
-    """
-
-    images: str
-    index: str
-    y0: str
-    x0: str
-    size: int
-    scale: int
 
 
 class SampleBatch(list):  # type: ignore[type-arg]
@@ -181,13 +155,13 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.return_metadata = bool(return_metadata)
         self.load_in_memory = bool(load_in_memory)
 
-        available = _list_arrays(self.path)
-        self._virtual = _virtual_arrays(self.path, available)
+        available = list_arrays(self.path)
+        self._virtual = virtual_arrays(self.path, available)
         sample_arrays = {name: info for name, info in available.items() if info.dims[:1] in (("sample",), ())}
         for name, virtual in self._virtual.items():
             index = available[virtual.index]
             image = available[virtual.images]
-            sample_arrays[name] = _ArrayInfo(
+            sample_arrays[name] = ArrayInfo(
                 (index.shape[0], virtual.size, virtual.size), image.dtype, index.chunk_samples, ("sample",)
             )
         hidden = [name for name in available if name not in sample_arrays]  # other leading axes
@@ -216,21 +190,21 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.arrays: tuple[str, ...] = tuple(arrays)
         self.metadata: tuple[str, ...] = tuple(metadata)
         used = (*self.arrays, *self.metadata)
-        self._info: dict[str, _ArrayInfo] = {name: available[name] for name in used}
+        self._info: dict[str, ArrayInfo] = {name: available[name] for name in used}
         # What the virtual arrays read: their index arrays (through the cache) and images (in row bands).
-        self._sources: dict[str, _ArrayInfo] = {}
+        self._sources: dict[str, ArrayInfo] = {}
         for name in used:
             if name in self._virtual:
                 v = self._virtual[name]
                 self._sources.update({n: available[n] for n in (v.index, v.y0, v.x0)})
-                self._sources[v.images] = _list_arrays(self.path)[v.images]
+                self._sources[v.images] = list_arrays(self.path)[v.images]
         sizes = {name: self._info[name].shape[0] for name in used}
         if len(set(sizes.values())) != 1:
             raise StoreError(f"{self.path}: arrays disagree on the number of samples: {sizes}")
         self._offset, stop = 0, int(sizes[self.arrays[0]])
         self.split = split
         if split is not None:
-            self._offset, stop = _split_range(self.path, split)
+            self._offset, stop = split_range(self.path, split)
         self._n = stop - self._offset
         # What __getitem__ needs, computed once: (name, samples per chunk) of what it reads.
         self._read_plan: tuple[tuple[str, int], ...] = tuple(
@@ -572,50 +546,6 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
         return reader.read_chunk(m, out=spare, row=band)
 
 
-def _virtual_arrays(path: Path, available: Mapping[str, _ArrayInfo]) -> dict[str, _VirtualPatches]:
-    """The virtual arrays a store describes in ``attrs["zarrforge"]["virtual"]``, checked against its arrays."""
-    meta = _read_json(path / "zarr.json") or {}
-    described = meta.get("attributes", {}).get("zarrforge", {}).get("virtual") or {}
-    virtual = {}
-    for name, spec in described.items():
-        try:
-            v = _VirtualPatches(
-                images=spec["images"],
-                index=spec["index"],
-                y0=spec["y0"],
-                x0=spec["x0"],
-                size=int(spec["size"]),
-                scale=int(spec.get("scale", 1)),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"{path}: the description of virtual array {name!r} is damaged ({e})") from None
-        missing = [n for n in (v.images, v.index, v.y0, v.x0) if n not in available]
-        if missing:
-            raise StoreError(f"{path}: virtual array {name!r} needs array {missing[0]!r}, which the store lacks")
-        virtual[name] = v
-    return virtual
-
-
-def _split_range(path: Path, split: str) -> tuple[int, int]:
-    """Samples ``[start, stop)`` of ``split`` (a picking store holds each split's samples together)."""
-    reader = ChunkReader(path / "split")  # raises a StoreError naming the path if there is none
-    meta = _read_json(path / "split" / "zarr.json") or {}
-    attrs = meta.get("attributes", {})
-    names = str(attrs.get("flag_meanings", "")).split()
-    values = attrs.get("flag_values", [])
-    if split not in names:
-        raise ValueError(f"split={split!r}: {path} has splits {', '.join(names) or 'none named'}")
-    code = values[names.index(split)]
-    column = np.concatenate([reader.read_chunk(k) for k in range(reader.n_chunks)]) if reader.n_chunks else []
-    hits = np.flatnonzero(np.asarray(column) == code)
-    if len(hits) == 0:
-        raise ValueError(f"split={split!r}: {path} holds no {split} samples (too few micrographs for the ratios?)")
-    start, stop = int(hits[0]), int(hits[-1]) + 1
-    if stop - start != len(hits):
-        raise StoreError(f"{path}: the {split} samples are not stored together; cannot open them as a split")
-    return start, stop
-
-
 def _empty_batch(shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
     """An uninitialised tensor for a batch; in a DataLoader worker, in shared memory.
 
@@ -653,37 +583,3 @@ def _chunk_groups(idx: np.ndarray, c: int) -> _Groups:
         place: slice | np.ndarray = slice(first, last + 1) if last - first == b - a - 1 else where
         groups.append((k, idx[where] - k * c, place))
     return groups
-
-
-def _list_arrays(path: Path) -> dict[str, _ArrayInfo]:
-    """The arrays directly inside the group at ``path`` (hidden ``.``-names skipped), by name."""
-    if not path.exists():
-        raise StoreError(f"{path}: no such store; check the path")
-    group_meta = _read_json(path / "zarr.json")
-    if group_meta is None or group_meta.get("node_type") != "group" or group_meta.get("zarr_format") != 3:
-        raise StoreError(f"{path}: not a Zarr v3 group (no group zarr.json); pass the path of a training store")
-    zf = group_meta.get("attributes", {}).get("zarrforge")
-    if isinstance(zf, Mapping) and zf.get("complete") is False:
-        raise StoreError(
-            f"{path}: the store is unfinished (its writer has not called finalize()); finish the run that "
-            "writes it before training on it"
-        )
-    found: dict[str, _ArrayInfo] = {}
-    for child in sorted(path.iterdir()):
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        meta = _read_json(child / "zarr.json")
-        if meta is None or meta.get("node_type") != "array":
-            continue
-        reader = ChunkReader(child)
-        dims = tuple(meta.get("dimension_names") or ())
-        found[child.name] = _ArrayInfo(tuple(reader.shape), reader.dtype, int(reader.chunk_samples), dims)
-    return found
-
-
-def _read_json(file: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads(file.read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
