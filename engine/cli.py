@@ -318,6 +318,76 @@ def picking(
     click.echo(summary.line())
 
 
+def _size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("×", "x").split("x")
+    try:
+        height, width = (int(p) for p in (parts * 2 if len(parts) == 1 else parts))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give HxW, e.g. 256x256", param_hint="--size") from None
+    return height, width
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path())
+@_run_options
+@click.option(
+    "--folders",
+    default=None,
+    help="Comma-separated subfolders of DATA_DIR to ingest [default: every subfolder, or DATA_DIR itself].",
+)
+@click.option("--size", default=None, help="Resize every image to HxW, e.g. 256x256 (needed if sizes differ).")
+@click.option("--pairs", is_flag=True, help="The folders hold the same image names: one array per folder.")
+@click.option("--split", type=float, default=0.9, show_default=True, help="Train share of the images (seeded).")
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="Mask-aware: mean/std of the non-zero pixels, background stays 0; statistics kept per image.",
+)
+@click.option(
+    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
+)
+def images(
+    data_dir: str,
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    folders: str | None,
+    size: str | None,
+    pairs: bool,
+    split: float,
+    normalize: bool,
+    codec: str | None,
+) -> None:
+    """Ingest folders of TIF images (any sizes, 8/16-bit or float, grey or RGB) into a training store.
+
+    Images are resized to --size (stretched, anti-aliased with scikit-image), colour converted to grey
+    (0.2125 R + 0.7154 G + 0.0721 B), multi-page files give one image per page. With --pairs (target and
+    condition folders) every folder must hold the same names; a mismatch lists them and writes nothing.
+    """
+    from .pipelines import run_images
+
+    summary = run_images(
+        data_dir,
+        output,
+        folders=[f.strip() for f in folders.split(",")] if folders else None,
+        size=_size(size),
+        pairs=pairs,
+        split=split,
+        normalize=normalize,
+        seed=seed,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(summary.line())
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")

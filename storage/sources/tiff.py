@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import tifffile
 import xarray as xr
+from dask.base import tokenize
 
 from storage.errors import SourceError
 from storage.sources._lazy import TiffFrames
 from storage.sources._paths import PathsLike, file_record, resolve_paths
 from storage.sources._stack import ChunksLike, Member, first_mismatch, stacked_dataarray
 
-__all__ = ["TIFF_SUFFIXES", "open_tiffs"]
+__all__ = ["TIFF_SUFFIXES", "TiffImage", "open_tiff_images", "open_tiffs"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +109,96 @@ def open_tiffs(paths: PathsLike, *, chunks: ChunksLike = None) -> xr.DataArray:
     result = stacked_dataarray(members, IMAGE_STACK_DIMS, chunks, records, {})
     logger.debug("opened %d TIF files: %s %s", len(files), result.shape, result.dtype)
     return result
+
+
+#: Weights of R, G and B in the grey value of a colour image (ITU-R BT.709 luminance, as skimage.color.rgb2gray).
+RGB_WEIGHTS = (0.2125, 0.7154, 0.0721)
+
+
+@dataclass(frozen=True)
+class TiffImage:
+    """One 2-D image of a TIF file, lazily: ``data`` is a one-chunk dask array (one ``read-tif`` task)."""
+
+    name: str
+    """The file stem, with ``_p{page}`` for a page of a multi-page file."""
+    path: str
+    page: int
+    data: da.Array
+
+
+def open_tiff_images(paths: PathsLike) -> list[TiffImage]:
+    """Open every image of TIF files of any sizes, one lazy 2-D array each, reading only the headers.
+
+    Unlike :func:`open_tiffs`, images need not share a shape or dtype (a folder of photographs), so they are not
+    stacked. A multi-page file gives one image per page; a colour image (RGB or RGBA samples) is converted to
+    one grey channel as ``0.2125 R + 0.7154 G + 0.0721 B`` in float32 (alpha dropped), the value range kept.
+
+    Parameters
+    ----------
+    paths : str, path-like, glob, directory, or list of those
+        The files (see :func:`resolve_paths`); a directory contributes its ``.tif`` and ``.tiff`` files, sorted.
+
+    Returns
+    -------
+    list of TiffImage
+
+    Raises
+    ------
+    SourceError
+        A file is not a readable TIF or is truncated (naming the file).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, tifffile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> tifffile.imwrite(folder / "a.tif", np.zeros((2, 8, 5), np.uint16), photometric="minisblack")
+    >>> tifffile.imwrite(folder / "b.tif", np.full((4, 6, 3), 100, np.uint8), photometric="rgb")
+    >>> [(im.name, im.data.shape, str(im.data.dtype)) for im in open_tiff_images(folder)]
+    [('a_p0', (8, 5), 'uint16'), ('a_p1', (8, 5), 'uint16'), ('b', (4, 6), 'float32')]
+    >>> float(open_tiff_images(folder)[2].data.compute()[0, 0])
+    100.0
+    """
+    images = []
+    for path in resolve_paths(paths, suffixes=TIFF_SUFFIXES):
+        pages, shape, dtype, colour = _image_header(path)
+        out_dtype = np.dtype(np.float32) if colour else dtype
+        for page in range(pages):
+            name = f"read-tif-{tokenize(str(path), path.stat().st_mtime_ns, page)}"
+            graph = {(name, 0, 0): (_read_image, str(path), page, colour)}
+            data = da.Array(graph, name, chunks=((shape[0],), (shape[1],)), dtype=out_dtype)
+            images.append(TiffImage(path.stem if pages == 1 else f"{path.stem}_p{page}", str(path), page, data))
+    return images
+
+
+def _image_header(path: Path) -> tuple[int, tuple[int, int], np.dtype[Any], bool]:
+    """``(pages, (y, x), dtype, colour)`` of a TIF file's first series, with the truncation check of open_tiffs."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = series.axes, tuple(int(s) for s in series.shape), np.dtype(series.dtype)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
+        raise SourceError(f"{path}: not a readable TIF file ({exc})") from None
+    colour = "S" in axes
+    if colour:
+        if axes[-1] != "S" or shape[-1] not in (3, 4):
+            raise SourceError(f"{path}: colour samples {shape} on axes {axes!r}; expected ...YXS with 3 or 4")
+        shape = shape[:-1]
+    if len(shape) < 2:
+        raise SourceError(f"{path}: first series has shape {shape}, not images")
+    if not colour:
+        _read_tiff_header(path)  # the truncation check
+    pages = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
+    return pages, (shape[-2], shape[-1]), dtype, colour
+
+
+def _read_image(path: str, page: int, colour: bool) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray(key=page) if len(series.pages) > 1 else series.asarray()
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+        raise SourceError(f"{path}: reading page {page} failed ({exc})") from None
+    if colour:
+        rgb = np.asarray(data, dtype=np.float32)[..., :3]
+        return np.asarray(rgb @ np.asarray(RGB_WEIGHTS, dtype=np.float32), dtype=np.float32)
+    return np.asarray(data)
