@@ -65,3 +65,28 @@ def test_the_picking_commands_and_example_run(tmp_path: Path):
     (tmp_path / "train.py").write_text(example.group(1).replace("...", "assert int(label.sum()) == 32"))
     done = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_images_command_and_example_run(tmp_path: Path):
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for folder in ("edente", "dente"):
+        (tmp_path / "data_dir" / folder).mkdir(parents=True)
+        for i in range(12):
+            tifffile.imwrite(tmp_path / "data_dir" / folder / f"{i}.tif", rng.integers(0, 9, (300, 280), "uint16"))
+    text = README.read_text()
+    command = re.search(r"(zarrforge images data_dir .*?--seed 42)", text)
+    assert command is not None
+    env = {**os.environ, "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0"}
+    done = subprocess.run(command.group(1), shell=True, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    example = re.search(r"```python\n(from torch_bridge import image_loaders.*?)```", text, re.S)
+    assert example is not None
+    code = example.group(1).replace("...", "assert target.shape[1:] == (1, 256, 256)")
+    (tmp_path / "train.py").write_text(
+        "if __name__ == '__main__':\n" + "\n".join("    " + line for line in code.splitlines())
+    )
+    done = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -17,6 +17,7 @@ from .augment import WeakStrongBatch, WeakStrongCollate, strong_augment, weak_au
 from .balanced import BalancedBatchSampler
 from .cache import ChunkCache
 from .dataset import SampleBatch, ZarrDataset
+from .images import image_loaders, paired_loaders
 from .loader import collate, make_loader
 from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler, order_randomness
 from .threaded import ThreadedLoader
@@ -33,8 +34,10 @@ __all__ = [
     "WeakStrongCollate",
     "ZarrDataset",
     "collate",
+    "image_loaders",
     "make_loader",
     "order_randomness",
+    "paired_loaders",
     "strong_augment",
     "weak_augment",
 ]

@@ -59,8 +59,10 @@ def test_public_names() -> None:
         "WeakStrongCollate",
         "ZarrDataset",
         "collate",
+        "image_loaders",
         "make_loader",
         "order_randomness",
+        "paired_loaders",
         "strong_augment",
         "weak_augment",
     ]

@@ -1,0 +1,323 @@
+"""DataLoaders over an image-folder store (``zarrforge images``): single and paired, cached, augmented, DDP-ready.
+
+:func:`image_loaders` yields batches of images ``[B, 1, H, W]``; :func:`paired_loaders` yields ``(target,
+condition)`` pairs of such batches, the same random transform applied to both. Both return ``(train, val)``
+loaders over the store's split, read chunk-aware (shuffled chunks, shuffled within each chunk, dealt to ranks),
+with ``cache_rate`` of the training set (and all of the validation set when caching is on) decoded once into RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._layout import list_arrays, read_json
+from ._torch import torch
+from .augment import symmetry
+from .dataset import ZarrDataset
+
+__all__ = ["ImageSet", "PairedTransform", "image_loaders", "paired_loaders"]
+
+log = logging.getLogger(__name__)
+
+# One item of an ImageSet: (array name, sample index in the store).
+Item = tuple[str, int]
+
+
+class ImageSet(torch.utils.data.Dataset[Any]):
+    """Items ``(array, sample)`` of an images store as ``[1, H, W]`` tensors; a leading share cached in RAM.
+
+    With ``paired`` arrays, item ``(name, i)`` gives a tuple of sample ``i`` of every array in ``paired``.
+    ``cache`` items are decoded when the set is made (before DataLoader workers fork, which then share them).
+    """
+
+    def __init__(
+        self, store: str | os.PathLike[str], items: Sequence[Item], *, paired: Sequence[str] = (), cache: int = 0
+    ) -> None:
+        self.path = Path(store)
+        self.items = list(items)
+        self.paired = tuple(paired)
+        arrays = sorted({name for name, _ in self.items} | set(self.paired))
+        self._dataset = ZarrDataset(self.path, arrays=arrays)
+        self._cached: dict[Item, tuple[torch.Tensor, ...]] = {}
+        cache = min(cache, len(self.items))
+        for start in range(0, cache, 256):
+            block = self.items[start : min(start + 256, cache)]
+            self._cached.update(zip(block, self._read(block), strict=True))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, items: Sequence[Item]) -> list[tuple[torch.Tensor, ...]]:
+        indices = [i for _, i in items]
+        stacked = self._dataset.__getitems__(indices).stacked
+        views = []
+        for row, (name, _) in enumerate(items):
+            names = self.paired or (name,)
+            views.append(tuple(stacked[n][row].unsqueeze(0).clone() for n in names))
+        return views
+
+    def __getitems__(self, positions: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
+        items = [self.items[p] for p in positions]
+        missing = [item for item in items if item not in self._cached]
+        read = dict(zip(missing, self._read(missing), strict=True)) if missing else {}
+        return [self._cached.get(item) or read[item] for item in items]
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
+        return self.__getitems__([position])[0]
+
+
+class _ChunkOrder(torch.utils.data.Sampler[int]):
+    """Positions of an ImageSet, chunk by chunk: chunks shuffled by ``[seed, epoch]``, dealt to ranks."""
+
+    def __init__(
+        self, chunk_of: Sequence[tuple[str, int]], *, seed: int, shuffle: bool, num_replicas: int, rank: int
+    ) -> None:
+        groups: dict[tuple[str, int], list[int]] = {}
+        for position, key in enumerate(chunk_of):
+            groups.setdefault(key, []).append(position)
+        self.groups = list(groups.values())
+        self.seed, self.shuffle, self.num_replicas, self.rank = seed, shuffle, num_replicas, rank
+        self.epoch = 0
+        self.num_samples = math.ceil(len(chunk_of) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
+        mine: list[int] = []
+        for g in order[self.rank :: self.num_replicas]:
+            group = np.asarray(self.groups[g])
+            mine.extend((rng.permutation(group) if self.shuffle else group).tolist())
+        if not mine:  # fewer chunks than ranks: take from the whole order
+            mine = [p for g in order for p in self.groups[g]]
+        return iter(np.resize(np.asarray(mine, dtype=np.int64), self.num_samples).tolist())
+
+
+class PairedTransform:
+    """The same random flips, quarter turns (square images), small affine warp and intensity change for every view.
+
+    Applied per sample to a batch of views ``[B, 1, H, W]`` (one tensor per view), with torch's RNG (seeded per
+    DataLoader worker), so target and condition stay aligned.
+    """
+
+    def __init__(
+        self, degrees: float = 10.0, scale: float = 0.1, translate: float = 0.05, intensity: float = 0.1
+    ) -> None:
+        self.degrees, self.scale, self.translate, self.intensity = degrees, scale, translate, intensity
+
+    def __call__(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Transform the views ``[B, 1, H, W]`` alike, sample by sample."""
+        batch, _, height, width = views[0].shape
+        codes = torch.randint(0, 8 if height == width else 4, (batch,)).tolist()
+        angle = (torch.rand(batch) * 2 - 1) * math.radians(self.degrees)
+        zoom = 1 + (torch.rand(batch) * 2 - 1) * self.scale
+        shift = (torch.rand(batch, 2) * 2 - 1) * self.translate * 2
+        gain = 1 + (torch.rand(batch) * 2 - 1) * self.intensity
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        out = []
+        for view in views:
+            view = view.float()
+            flipped = torch.stack([_dihedral(view[i], codes[i]) for i in range(batch)])
+            grid = torch.nn.functional.affine_grid(theta.to(view.dtype), list(flipped.shape), align_corners=False)
+            warped = torch.nn.functional.grid_sample(
+                flipped, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+            out.append(warped * gain.view(-1, 1, 1, 1).to(view.dtype))
+        return tuple(out)
+
+
+def _dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
+    """Symmetry ``code``: 0-7 for square images, 0-3 for others (none, left-right, up-down, both flips).
+
+    Square images use :func:`~torch_bridge.augment.symmetry`.
+    """
+    if image.shape[-1] == image.shape[-2]:
+        return symmetry(image, code)
+    dims = [(), (-1,), (-2,), (-2, -1)][code]
+    return torch.flip(image, dims=dims) if dims else image
+
+
+class _Collate:
+    """Stack a batch of view tuples; apply the paired transform; a lone view is returned as one tensor."""
+
+    def __init__(self, transform: PairedTransform | None) -> None:
+        self.transform = transform
+
+    def __call__(self, batch: list[tuple[torch.Tensor, ...]]) -> Any:
+        views = tuple(torch.stack([sample[v] for sample in batch]) for v in range(len(batch[0])))
+        if self.transform is not None:
+            views = self.transform(*views)
+        return views[0] if len(views) == 1 else views
+
+
+def image_loaders(
+    store: str | os.PathLike[str], batch_size: int = 8, *, source: str = "both", **options: Any
+) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
+    """``(train, val)`` DataLoaders of single images ``[B, 1, H, W]`` from an images store.
+
+    Parameters
+    ----------
+    store : path
+        Made by ``zarrforge images`` (with or without ``--pairs``).
+    batch_size : int
+    source : str
+        A folder name, or ``"both"`` (every folder: all the images of a single store, each array of a paired one).
+    **options
+        ``num_workers``, ``cache_rate``, ``augment``, ``distributed``, ``rank``, ``world_size``,
+        ``subset_size``, ``seed``, ``val_store``: see :func:`paired_loaders`.
+    """
+    folders, single = _folders(Path(store))
+    chosen = folders if source == "both" else [source]
+    unknown = [f for f in chosen if f not in folders]
+    if unknown:
+        raise ValueError(f"source={source!r}: {store} holds folders {', '.join(folders)} (or 'both')")
+    return _loaders(Path(store), batch_size, chosen, (), single, folders, **options)
+
+
+def paired_loaders(
+    store: str | os.PathLike[str], batch_size: int = 8, *, target: str, condition: str, **options: Any
+) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
+    """``(train, val)`` DataLoaders of ``(target, condition)`` batches, each ``[B, 1, H, W]`` float32.
+
+    Parameters
+    ----------
+    store : path
+        Made by ``zarrforge images --pairs``.
+    target, condition : str
+        Folder names of the store.
+    num_workers : int
+        DataLoader worker processes (default 0).
+    cache_rate : float
+        Share of the training set decoded once into RAM (default 0); the validation set is fully cached when
+        it is above 0.
+    augment : bool
+        Random flips, quarter turns, small affine warp and intensity change on the training batches, the same
+        for target and condition.
+    distributed : bool
+        Split the samples between ranks by chunk (``rank``/``world_size`` arguments, else torch.distributed).
+    subset_size : int, optional
+        Use only the first this many training samples (debugging).
+    seed : int
+        Seeds the order (call ``loader.sampler.set_epoch(epoch)`` each epoch).
+    val_store : path, optional
+        Take the validation set from this store (all of its samples) instead of the store's own val split.
+    """
+    folders, single = _folders(Path(store))
+    if single:
+        raise ValueError(f"{store} holds single images; paired_loaders needs a store made with --pairs")
+    for name in (target, condition):
+        if name not in folders:
+            raise ValueError(f"{name!r} is not a folder of {store} ({', '.join(folders)})")
+    return _loaders(Path(store), batch_size, [target], (target, condition), single, folders, **options)
+
+
+def _folders(store: Path) -> tuple[list[str], bool]:
+    meta = (read_json(store / "zarr.json") or {}).get("attributes", {}).get("zarrforge", {})
+    if meta.get("pipeline") != "images":
+        raise ValueError(f"{store}: not a store made by zarrforge images")
+    folders = list(meta.get("parameters", {}).get("folders", []))
+    return folders, "images" in list_arrays(store)
+
+
+def _items(
+    store: Path, chosen: Sequence[str], single: bool, folders: Sequence[str], split: int | None
+) -> list[Item]:
+    """The items of the chosen folders (and split, if given), in store order."""
+    arrays = list_arrays(store)
+    n = arrays["split"].shape[0]
+    split_values = ZarrDataset(store, arrays=["images" if single else chosen[0]]).read("split")
+    keep = np.ones(n, bool) if split is None else split_values == split
+    if single:
+        codes = ZarrDataset(store, arrays=["images"]).read("folder")
+        wanted = [folders.index(f) for f in chosen]
+        return [("images", int(i)) for i in np.flatnonzero(keep & np.isin(codes, wanted))]
+    return [(name, int(i)) for name in chosen for i in np.flatnonzero(keep)]
+
+
+def _loaders(
+    store: Path,
+    batch_size: int,
+    chosen: Sequence[str],
+    paired: Sequence[str],
+    single: bool,
+    folders: Sequence[str],
+    *,
+    num_workers: int = 0,
+    cache_rate: float = 0.0,
+    augment: bool = False,
+    distributed: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    subset_size: int | None = None,
+    seed: int = 0,
+    val_store: str | os.PathLike[str] | None = None,
+) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
+    if not 0 <= cache_rate <= 1:
+        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
+    if distributed:
+        dist = torch.distributed
+        world_size = (
+            world_size if world_size is not None else (dist.get_world_size() if dist.is_initialized() else 1)
+        )
+        rank = rank if rank is not None else (dist.get_rank() if dist.is_initialized() else 0)
+    world_size, rank = (world_size or 1, rank or 0) if distributed else (1, 0)
+    train_items = _items(store, chosen, single, folders, 0)
+    if subset_size is not None:
+        train_items = train_items[:subset_size]
+    if val_store is not None:
+        val_path = Path(val_store)
+        val_folders, val_single = _folders(val_path)
+        val_items = _items(val_path, chosen, val_single, val_folders, None)
+    else:
+        val_path, val_items = store, _items(store, chosen, single, folders, 1)
+    train = ImageSet(store, train_items, paired=paired, cache=round(cache_rate * len(train_items)))
+    val = ImageSet(val_path, val_items, paired=paired, cache=len(val_items) if cache_rate > 0 else 0)
+    loaders = []
+    for data, shuffle, transform in ((train, True, PairedTransform() if augment else None), (val, False, None)):
+        chunk = ZarrDataset(data.path, arrays=[data.items[0][0]]).chunk_samples if data.items else 1
+        sampler = _ChunkOrder(
+            [(name, i // chunk) for name, i in data.items],
+            seed=seed,
+            shuffle=shuffle,
+            num_replicas=world_size,
+            rank=rank,
+        )
+        loaders.append(
+            torch.utils.data.DataLoader(
+                data,
+                batch_size=batch_size,
+                sampler=sampler,
+                num_workers=num_workers,
+                collate_fn=_Collate(transform),
+                persistent_workers=num_workers > 0,
+            )
+        )
+    if rank == 0:
+        log.info("%s", _summary(train, val))
+    return loaders[0], loaders[1]
+
+
+def _summary(train: ImageSet, val: ImageSet) -> str:
+    """Counts, shape, dtype, range, mean and std of the first (up to 64) training samples."""
+    if not len(train):
+        return f"train 0, val {len(val)} samples"
+    views = train.__getitems__(list(range(min(64, len(train)))))
+    first = torch.stack([v[0] for v in views])
+    return (
+        f"train {len(train)}, val {len(val)} samples of {tuple(first.shape[1:])} {first.dtype}; first "
+        f"{len(first)}: range [{float(first.min()):.3g}, {float(first.max()):.3g}], "
+        f"mean {float(first.mean()):.3g}, std {float(first.std()):.3g}"
+    )
