@@ -20,7 +20,7 @@ import numpy as np
 from ._layout import list_arrays, read_json
 from ._torch import torch
 from .augment import symmetry
-from .dataset import ZarrDataset
+from .dataset import ZarrDataset, _empty_batch
 
 __all__ = ["ImageSet", "PairedTransform", "image_loaders", "paired_loaders"]
 
@@ -35,6 +35,8 @@ class ImageSet(torch.utils.data.Dataset[Any]):
 
     With ``paired`` arrays, item ``(name, i)`` gives a tuple of sample ``i`` of every array in ``paired``.
     ``cache`` items are decoded when the set is made (before DataLoader workers fork, which then share them).
+    A DataLoader with a ``batch_size`` gets whole batches from :meth:`__getitems__`: one ``[B, 1, H, W]`` tensor
+    per view, gathered chunk by chunk straight into the batch (in shared memory inside a worker).
     """
 
     def __init__(
@@ -44,33 +46,50 @@ class ImageSet(torch.utils.data.Dataset[Any]):
         self.items = list(items)
         self.paired = tuple(paired)
         arrays = sorted({name for name, _ in self.items} | set(self.paired))
-        self._dataset = ZarrDataset(self.path, arrays=arrays)
+        self._datasets = {name: ZarrDataset(self.path, arrays=[name]) for name in arrays}
         self._cached: dict[Item, tuple[torch.Tensor, ...]] = {}
         cache = min(cache, len(self.items))
         for start in range(0, cache, 256):
             block = self.items[start : min(start + 256, cache)]
-            self._cached.update(zip(block, self._read(block), strict=True))
+            views = self._gather(block)
+            for row, item in enumerate(block):
+                self._cached[item] = tuple(view[row].clone() for view in views)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read(self, items: Sequence[Item]) -> list[tuple[torch.Tensor, ...]]:
-        indices = [i for _, i in items]
-        stacked = self._dataset.__getitems__(indices).stacked
-        views = []
-        for row, (name, _) in enumerate(items):
-            names = self.paired or (name,)
-            views.append(tuple(stacked[n][row].unsqueeze(0).clone() for n in names))
-        return views
+    def _views(self, name: str) -> tuple[str, ...]:
+        return self.paired or (name,)
 
-    def __getitems__(self, positions: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
-        items = [self.items[p] for p in positions]
-        missing = [item for item in items if item not in self._cached]
-        read = dict(zip(missing, self._read(missing), strict=True)) if missing else {}
-        return [self._cached.get(item) or read[item] for item in items]
+    def _gather(self, items: Sequence[Item]) -> tuple[torch.Tensor, ...]:
+        """The items as one ``[B, 1, H, W]`` tensor per view, the cached ones copied from RAM."""
+        first = self._datasets[self._views(items[0][0])[0]]
+        shape = (len(items), 1, *first._info[first.arrays[0]].shape[1:])
+        n_views = len(self._views(items[0][0]))
+        batches = tuple(_empty_batch(shape, np.dtype(np.float32)) for _ in range(n_views))
+        by_array: dict[str, tuple[list[int], list[int]]] = {}
+        for row, item in enumerate(items):
+            cached = self._cached.get(item)
+            if cached is not None:
+                for batch, view in zip(batches, cached, strict=True):
+                    batch[row] = view
+                continue
+            for v, name in enumerate(self._views(item[0])):
+                rows, samples = by_array.setdefault(f"{v}:{name}", ([], []))
+                rows.append(row)
+                samples.append(item[1])
+        for key, (rows, samples) in by_array.items():
+            v, name = key.split(":", 1)
+            values = self._datasets[name].__getitems__(samples).stacked[name]
+            batches[int(v)][rows, 0] = values
+        return batches
+
+    def __getitems__(self, positions: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The views of items ``positions`` as batches ``[B, 1, H, W]`` (what ``_Collate`` takes)."""
+        return self._gather([self.items[p] for p in positions])
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
-        return self.__getitems__([position])[0]
+        return tuple(view[0] for view in self._gather([self.items[position]]))
 
 
 class _ChunkOrder(torch.utils.data.Sampler[int]):
@@ -151,13 +170,19 @@ def _dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
 
 
 class _Collate:
-    """Stack a batch of view tuples; apply the paired transform; a lone view is returned as one tensor."""
+    """Take the batches of :meth:`ImageSet.__getitems__` (or stack samples); apply the paired transform.
+
+    A lone view is returned as one tensor, several as a tuple.
+    """
 
     def __init__(self, transform: PairedTransform | None) -> None:
         self.transform = transform
 
-    def __call__(self, batch: list[tuple[torch.Tensor, ...]]) -> Any:
-        views = tuple(torch.stack([sample[v] for sample in batch]) for v in range(len(batch[0])))
+    def __call__(self, batch: Any) -> Any:
+        if isinstance(batch, tuple):  # already [B, 1, H, W] per view
+            views = batch
+        else:
+            views = tuple(torch.stack([sample[v] for sample in batch]) for v in range(len(batch[0])))
         if self.transform is not None:
             views = self.transform(*views)
         return views[0] if len(views) == 1 else views
@@ -314,8 +339,7 @@ def _summary(train: ImageSet, val: ImageSet) -> str:
     """Counts, shape, dtype, range, mean and std of the first (up to 64) training samples."""
     if not len(train):
         return f"train 0, val {len(val)} samples"
-    views = train.__getitems__(list(range(min(64, len(train)))))
-    first = torch.stack([v[0] for v in views])
+    first = train.__getitems__(list(range(min(64, len(train)))))[0]
     return (
         f"train {len(train)}, val {len(val)} samples of {tuple(first.shape[1:])} {first.dtype}; first "
         f"{len(first)}: range [{float(first.min()):.3g}, {float(first.max()):.3g}], "
