@@ -85,6 +85,12 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: ``--codec``, the same on every pipeline command.
+_codec_option = click.option(
+    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
+)
+
+
 def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--cluster``, the SLURM options and ``--config``; the latter two become dask config for the call."""
 
@@ -175,9 +181,7 @@ def main() -> None:
     help="Input reader; auto chooses by file suffix.",
 )
 @click.option("--dataset", default=None, help="HDF5 dataset path (default for NeXus scans: the projections).")
-@click.option(
-    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
-)
+@_codec_option
 def patches(
     inputs: tuple[str, ...],
     output: str,
@@ -249,9 +253,7 @@ def patches(
 @click.option("--edges", type=click.Choice(EDGES), default="drop", show_default=True, help="As for patches.")
 @click.option("--normalize/--no-normalize", default=None, help="Per-micrograph zero mean, unit std [default: on].")
 @click.option("--bin", "bin_", type=int, default=None, help="Average bin×bin pixels first [default: 1].")
-@click.option(
-    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
-)
+@_codec_option
 def picking(
     inputs: tuple[str, ...],
     picks: tuple[str, ...],
@@ -346,9 +348,7 @@ def _size(value: str | None) -> tuple[int, int] | None:
     show_default=True,
     help="Mask-aware: mean/std of the non-zero pixels, background stays 0; statistics kept per image.",
 )
-@click.option(
-    "--codec", type=click.Choice(CODECS), default=None, help="Compression [default: zarrforge.store.codec]."
-)
+@_codec_option
 def images(
     data_dir: str,
     output: str,
@@ -490,11 +490,9 @@ def _serve(profile: str) -> None:
 @main.command("config")
 def show_config() -> None:
     """Print zarrforge's effective settings (dask config namespace ``zarrforge``)."""
-    import dask.config
+    from . import config
 
-    from . import config as _config  # noqa: F401  (loads the defaults)
-
-    click.echo(json.dumps(dask.config.get("zarrforge"), indent=2))
+    click.echo(json.dumps(config.section(), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from typing import Any
 import dask.config
 import yaml
 
-__all__ = ["get"]
+__all__ = ["get", "section"]
 
 _DEFAULTS = Path(__file__).with_name("zarrforge.yaml")
 
@@ -44,3 +44,16 @@ def _packaged(key: str) -> Any:
     for part in key.split("."):
         node = node[dask.config.canonical_name(part, node)]
     return node
+
+
+def section() -> dict[str, Any]:
+    """The whole effective ``zarrforge`` section (for ``zarrforge config``).
+
+    Merged over the packaged defaults again if a ``dask.config.set`` entered before this module was imported
+    removed them when it exited.
+    """
+    current = dask.config.get("zarrforge", default=None)
+    if current is None or "store" not in current:
+        dask.config.update_defaults(_defaults)
+        current = dask.config.get("zarrforge")
+    return dict(current)

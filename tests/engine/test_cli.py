@@ -129,5 +129,6 @@ def test_python_dash_m_engine_is_the_same_command():
 
 
 def test_config_prints_effective_settings():
-    code, stdout, _ = run("config")
-    assert code == 0 and json.loads(stdout)["store"]["codec"] == "blosc-lz4"
+    code, stdout, err = run("config")
+    assert code == 0, err
+    assert json.loads(stdout)["store"]["codec"] == "blosc-lz4"
