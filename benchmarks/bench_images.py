@@ -71,20 +71,20 @@ class TifDataset:
         return torch.from_numpy(masked_normalize(small))[None]
 
 
-def epoch_worker(kind: str, path: str, cache_rate: float) -> dict[str, Any]:
+def epoch_worker(kind: str, path: str, cache_rate: float, workers: int = 2) -> dict[str, Any]:
     """Seconds of one epoch of a loader over the TIFs, or over the store's train split after a warm-up epoch."""
     import torch
 
     if kind == "tif":
         files = sorted(str(p) for p in Path(path).glob("*.tif"))
         loader: Any = torch.utils.data.DataLoader(
-            TifDataset(files), batch_size=8, shuffle=True, num_workers=2, persistent_workers=True
+            TifDataset(files), batch_size=8, shuffle=True, num_workers=workers, persistent_workers=workers > 0
         )
     else:
         from torch_bridge import image_loaders
 
         start = time.perf_counter()
-        loader, _ = image_loaders(path, batch_size=8, num_workers=2, cache_rate=cache_rate)
+        loader, _ = image_loaders(path, batch_size=8, num_workers=workers, cache_rate=cache_rate)
         setup = time.perf_counter() - start
     seconds = []
     for epoch in range(2 if kind != "tif" else 1):  # the TIF baseline is slow and caches nothing: one epoch
@@ -141,26 +141,28 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1024, help="TIF side in pixels (default 1024)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both loaders (default 2)")
+    parser.add_argument("--skip-ingest", action="store_true", help="reuse the store of an earlier run's workdir")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, path, rate = args.worker
-        print(json.dumps(epoch_worker(kind, path, float(rate))))
+        kind, path, rate, workers = args.worker
+        print(json.dumps(epoch_worker(kind, path, float(rate), int(workers))))
         return
     n = args.images or (200 if args.quick else 2000)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-images-", dir="."))
     folder = make_tifs(work / "data" / "images", n, args.side)
     print(f"{n} TIFs of {args.side}² uint16 -> {SIZE}²", flush=True)
-    ingests = {
-        threads: [ingest(folder, work / f"ingest-{threads}.zarr", threads) for _ in range(2)] for threads in (1, 2)
-    }
+    ingests: dict[int, list[float]] = {1: [], 2: []}
+    for threads in () if args.skip_ingest else (1, 2):
+        ingests[threads] = [ingest(folder, work / f"ingest-{threads}.zarr", threads) for _ in range(2)]
     store = work / "ingest-2.zarr"
     warm_page_cache([folder, store])
     runs = {}
     for kind, rate in (("store", 0.0), ("store", 0.5), ("store", 1.0), ("tif", 0.0)):
         path = folder if kind == "tif" else store
         runs[(kind, rate)] = run_worker(
-            [sys.executable, __file__, "--worker", kind, str(path), str(rate)], timeout=3600
+            [sys.executable, __file__, "--worker", kind, str(path), str(rate), str(args.workers)], timeout=3600
         ).result
         print(f"{kind} cache_rate {rate}: {runs[(kind, rate)]['images_per_s']:,.0f} images/s", flush=True)
     tif = runs[("tif", 0.0)]["seconds"] / runs[("tif", 0.0)]["images"]  # seconds per image, re-reading TIFs
@@ -174,12 +176,16 @@ def main() -> None:
             }
             for rate in (0.0, 0.5, 1.0)
         ],
-        {"what": "ingest, 1 thread", "rate": n / median(ingests[1]), "epoch": None},
-        {"what": "ingest, 2 threads", "rate": n / median(ingests[2]), "epoch": None},
+        *[
+            {"what": f"ingest, {t} thread{'s' if t > 1 else ''}", "rate": n / median(ingests[t]), "epoch": None}
+            for t in (1, 2)
+            if ingests[t]
+        ],
     ]
     print_table(rows, [("what", "what"), ("rate", "images/s", ",.0f"), ("epoch", "epoch s (train split)", ".2f")])
     ratios = {f"vs_tif_cache_{rate}": runs[("store", rate)]["images_per_s"] * tif for rate in (0.0, 0.5, 1.0)}
-    ratios["ingest_2_vs_1_threads"] = median(ingests[1]) / median(ingests[2])
+    if ingests[1] and ingests[2]:
+        ratios["ingest_2_vs_1_threads"] = median(ingests[1]) / median(ingests[2])
     print()
     for key, value in ratios.items():
         goal = 1.6 if key.startswith("ingest") else 50
