@@ -341,6 +341,9 @@ def _size(value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--size", default=None, help="Resize every image to HxW, e.g. 256x256 (needed if sizes differ).")
 @click.option("--pairs", is_flag=True, help="The folders hold the same image names: one array per folder.")
+@click.option(
+    "--skip-bad", is_flag=True, help="Leave out unreadable or truncated TIFs (counted) instead of failing."
+)
 @click.option("--split", type=float, default=0.9, show_default=True, help="Train share of the images (seeded).")
 @click.option(
     "--normalize/--no-normalize",
@@ -359,6 +362,7 @@ def images(
     folders: str | None,
     size: str | None,
     pairs: bool,
+    skip_bad: bool,
     split: float,
     normalize: bool,
     codec: str | None,
@@ -379,6 +383,7 @@ def images(
         pairs=pairs,
         split=split,
         normalize=normalize,
+        skip_bad=skip_bad,
         seed=seed,
         cluster=cluster,
         overwrite=overwrite,

@@ -269,6 +269,7 @@ def run_images(
     pairs: bool = False,
     split: float = 0.9,
     normalize: bool = True,
+    skip_bad: bool = False,
     seed: int = 0,
     cluster: str | None = None,
     overwrite: bool = False,
@@ -276,6 +277,9 @@ def run_images(
     progress: bool | None = None,
 ) -> RunSummary:
     """Ingest folders of TIF images into a training store (``zarrforge images``).
+
+    With ``skip_bad`` unreadable or truncated files are left out (with ``pairs``, their name in every folder)
+    and counted in a warning and in ``attrs["zarrforge"]["counts"]["skipped"]``; otherwise they are errors.
 
     Every image is resized to ``size`` (stretched, anti-aliased) and, with ``normalize``, mask-normalized (see
     :mod:`graphs.images`). With ``pairs`` the folders must hold the same image names; each folder becomes an
@@ -295,12 +299,21 @@ def run_images(
     if not 0 < split <= 1:
         raise SourceError(f"split must be the train share in (0, 1], got {split}")
     per_folder = {}
+    skipped: list[tuple[str, str]] = []
     for folder in names:
-        images = open_tiff_images(root / folder)
+        images = open_tiff_images(root / folder, skipped=skipped if skip_bad else None)
         duplicated = sorted({im.name for im in images if sum(o.name == im.name for o in images) > 1})
         if duplicated:
             raise SourceError(f"{root / folder}: image names used twice: {', '.join(duplicated[:10])}")
         per_folder[folder] = {im.name: im for im in images}
+    if skipped:
+        log.warning("skipped %d unreadable TIF files (first: %s)", len(skipped), skipped[0][1])
+        if pairs:  # keep the pairs whole: a name bad in one folder leaves every folder
+            bad = {Path(file).stem for file, _ in skipped}
+            per_folder = {
+                folder: {n: im for n, im in images.items() if Path(im.path).stem not in bad}
+                for folder, images in per_folder.items()
+            }
     if pairs:
         _check_pairs(root, per_folder)
     shapes = {im.data.shape for images in per_folder.values() for im in images.values()}
@@ -369,6 +382,7 @@ def run_images(
     ds.attrs["counts"] = {
         "train": {"samples": int((splits == 0).sum())},
         "val": {"samples": int((splits == 1).sum())},
+        **({"skipped": {"unreadable_files": len(skipped)}} if skip_bad else {}),
     }
     ds.attrs["names"] = [n for _, n in samples]
     return write_pipeline(

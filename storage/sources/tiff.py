@@ -126,7 +126,7 @@ class TiffImage:
     data: da.Array
 
 
-def open_tiff_images(paths: PathsLike) -> list[TiffImage]:
+def open_tiff_images(paths: PathsLike, *, skipped: list[tuple[str, str]] | None = None) -> list[TiffImage]:
     """Open every image of TIF files of any sizes, one lazy 2-D array each, reading only the headers.
 
     Unlike :func:`open_tiffs`, images need not share a shape or dtype (a folder of photographs), so they are not
@@ -137,6 +137,8 @@ def open_tiff_images(paths: PathsLike) -> list[TiffImage]:
     ----------
     paths : str, path-like, glob, directory, or list of those
         The files (see :func:`resolve_paths`); a directory contributes its ``.tif`` and ``.tiff`` files, sorted.
+    skipped : list, optional
+        Collect ``(file, reason)`` of unreadable or truncated files here and leave them out, instead of raising.
 
     Returns
     -------
@@ -160,7 +162,13 @@ def open_tiff_images(paths: PathsLike) -> list[TiffImage]:
     """
     images = []
     for path in resolve_paths(paths, suffixes=TIFF_SUFFIXES):
-        pages, shape, dtype, colour = _image_header(path)
+        try:
+            pages, shape, dtype, colour = _image_header(path)
+        except SourceError as e:
+            if skipped is None:
+                raise
+            skipped.append((str(path), str(e)))
+            continue
         out_dtype = np.dtype(np.float32) if colour else dtype
         for page in range(pages):
             name = f"read-tif-{tokenize(str(path), path.stat().st_mtime_ns, page)}"

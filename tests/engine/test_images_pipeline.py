@@ -120,3 +120,19 @@ def test_real_tifs(real_data: Path, tmp_path: Path) -> None:
     mt = tmp_path / "mt.zarr"
     _run(str(real_data / "tif-cryoet-microtubules"), "-o", str(mt), "--size", "64x32")
     assert xr.open_zarr(mt).images.shape == (80, 64, 32)  # two files of 36 and 44 pages
+
+
+@pytest.mark.usefixtures("threads_cluster")
+def test_skip_bad_leaves_out_unreadable_files_and_keeps_pairs_whole(tmp_path: Path) -> None:
+    names = [f"n{i}" for i in range(6)]
+    root = _folders(tmp_path / "data", {"t": names, "c": names})
+    (root / "t" / "n2.tif").write_bytes((root / "t" / "n2.tif").read_bytes()[:300])  # truncated
+    (root / "c" / "n4.tif").write_bytes(b"not a tif at all")
+    out = tmp_path / "skip.zarr"
+    failed = CliRunner().invoke(main, ["images", str(root), "-o", str(out), "--size", "32", "--pairs"])
+    assert failed.exit_code == 1 and "n4.tif" in failed.output and not out.exists()
+    _run(str(root), "-o", str(out), "--size", "32", "--pairs", "--skip-bad")
+    meta = zarr.open_group(str(out)).attrs["zarrforge"]
+    assert sorted(meta["names"]) == ["n0", "n1", "n3", "n5"]
+    assert meta["counts"]["skipped"]["unreadable_files"] == 2
+    assert xr.open_zarr(out).t.shape[0] == 4
