@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,7 @@ def run_images(
     skipped: list[tuple[str, str]] = []
     for folder in names:
         images = open_tiff_images(root / folder, skipped=skipped if skip_bad else None)
-        duplicated = sorted({im.name for im in images if sum(o.name == im.name for o in images) > 1})
+        duplicated = sorted(name for name, n in Counter(im.name for im in images).items() if n > 1)
         if duplicated:
             raise SourceError(f"{root / folder}: image names used twice: {', '.join(duplicated[:10])}")
         per_folder[folder] = {im.name: im for im in images}
@@ -322,20 +323,19 @@ def run_images(
             some = ", ".join(f"{h}×{w}" for h, w in sorted(shapes)[:5])
             raise SourceError(f"{root}: images of {len(shapes)} sizes ({some}, ...); pass --size HxW")
         size = next(iter(shapes))
-    keys = sorted(next(iter(per_folder.values()))) if pairs else None
-    samples = (
-        [(folder, name) for folder, images in per_folder.items() for name in sorted(images)]
-        if not pairs
-        else [(None, name) for name in keys or []]
-    )
+    if pairs:  # every folder holds these names (checked above)
+        samples = [(None, name) for name in sorted(per_folder[names[0]])]
+    else:
+        samples = [(folder, name) for folder, images in per_folder.items() for name in sorted(images)]
     splits = _split_samples(len(samples), split, seed)
     order = np.argsort(splits, kind="stable")
     samples = [samples[i] for i in order]
     splits = splits[order]
     grid = store_grid(size[0] * size[1] * 4)
     variables: dict[str, xr.Variable] = {}
-    arrays = {f: [per_folder[f][n].data for _, n in samples] for f in names} if pairs else None
-    if arrays is None:
+    if pairs:
+        arrays = {f: [per_folder[f][n].data for _, n in samples] for f in names}
+    else:
         arrays = {"images": [per_folder[str(f)][n].data for f, n in samples]}
     for array_name, lazy in arrays.items():
         stack = resize_images(lazy, size)

@@ -6,6 +6,7 @@ is read, and each block is cut by one task (``patches-extract``) from only the i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,10 +41,15 @@ class WindowSelection:
         if len(self.images) != len(self.windows):
             raise ParameterError(f"{len(self.images)} images but {len(self.windows)} window lists")
 
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """The first sample of each entry of ``images``, and the number of samples at the end."""
+        return np.cumsum([0, *(len(w) for w in self.windows)])
+
     @property
     def n_samples(self) -> int:
         """Number of samples."""
-        return sum(len(w) for w in self.windows)
+        return int(self.offsets[-1])
 
     def per_sample(self) -> tuple[np.ndarray, np.ndarray]:
         """``(image, window)`` of every sample."""
@@ -411,15 +417,17 @@ def _block_pieces(
             for image in range(start // per_image, (stop - 1) // per_image + 1)
         ]
     pieces: list[tuple[int, int, int, np.ndarray | None]] = []
-    offset = 0
-    for image, windows in zip(selection.images, selection.windows, strict=True):
-        a, b = max(start - offset, 0), min(stop - offset, len(windows))
-        offset += len(windows)
-        if a < b:
-            chosen = np.asarray(windows[a:b], dtype=np.int64)
-            pieces.append((image, int(chosen[0]), int(chosen[-1]) + 1, chosen))
+    offsets = selection.offsets
+    # Start at the entry holding sample ``start``: one pass per block over all images would be quadratic.
+    for k in range(int(np.searchsorted(offsets, start, side="right")) - 1, len(selection.images)):
+        offset = int(offsets[k])
         if offset >= stop:
             break
+        windows = selection.windows[k]
+        a, b = max(start - offset, 0), min(stop - offset, len(windows))
+        if a < b:
+            chosen = np.asarray(windows[a:b], dtype=np.int64)
+            pieces.append((selection.images[k], int(chosen[0]), int(chosen[-1]) + 1, chosen))
     return pieces
 
 

@@ -77,14 +77,19 @@ def split_range(path: Path, split: str) -> tuple[int, int]:
     if split not in names:
         raise ValueError(f"split={split!r}: {path} has splits {', '.join(names) or 'none named'}")
     code = values[names.index(split)]
-    column = np.concatenate([reader.read_chunk(k) for k in range(reader.n_chunks)]) if reader.n_chunks else []
-    hits = np.flatnonzero(np.asarray(column) == code)
+    hits = np.flatnonzero(read_whole(reader) == code)
     if len(hits) == 0:
         raise ValueError(f"split={split!r}: {path} holds no {split} samples (too few micrographs for the ratios?)")
     start, stop = int(hits[0]), int(hits[-1]) + 1
     if stop - start != len(hits):
         raise StoreError(f"{path}: the {split} samples are not stored together; cannot open them as a split")
     return start, stop
+
+
+def read_whole(reader: ChunkReader) -> np.ndarray:
+    """Every chunk of an array read through ``reader``, joined (for small per-sample arrays)."""
+    parts = [reader.read_chunk(k) for k in range(reader.n_chunks)]
+    return np.concatenate(parts) if parts else np.empty((0, *reader.shape[1:]), reader.dtype)
 
 
 def list_arrays(path: Path) -> dict[str, ArrayInfo]:

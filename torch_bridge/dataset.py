@@ -308,7 +308,7 @@ class ZarrDataset(torch.utils.data.Dataset[dict[str, Any]]):
             reader = ChunkReader(self.path / name)
         except StoreError:
             raise StoreError(f"{self.path}: no array {name!r} to read") from None
-        if reader.shape[:1] != (self._offset + self._n,) and reader.shape[0] < self._offset + self._n:
+        if reader.shape[0] < self._offset + self._n:
             raise StoreError(f"{self.path}: array {name!r} has {reader.shape[0]} items, not one per sample")
         c = reader.chunk_samples
         first, last = self._offset // c, -(-(self._offset + self._n) // c)

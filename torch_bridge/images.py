@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._layout import list_arrays, read_json
+from storage.chunks import ChunkReader
+
+from ._layout import list_arrays, read_json, read_whole
 from ._torch import torch
 from .augment import symmetry
 from .dataset import ZarrDataset, _empty_batch
@@ -261,12 +263,10 @@ def _items(
     store: Path, chosen: Sequence[str], single: bool, folders: Sequence[str], split: int | None
 ) -> list[Item]:
     """The items of the chosen folders (and split, if given), in store order."""
-    arrays = list_arrays(store)
-    n = arrays["split"].shape[0]
-    split_values = ZarrDataset(store, arrays=["images" if single else chosen[0]]).read("split")
-    keep = np.ones(n, bool) if split is None else split_values == split
+    split_values = read_whole(ChunkReader(store / "split"))
+    keep = np.ones(len(split_values), bool) if split is None else split_values == split
     if single:
-        codes = ZarrDataset(store, arrays=["images"]).read("folder")
+        codes = read_whole(ChunkReader(store / "folder"))
         wanted = [folders.index(f) for f in chosen]
         return [("images", int(i)) for i in np.flatnonzero(keep & np.isin(codes, wanted))]
     return [(name, int(i)) for name in chosen for i in np.flatnonzero(keep)]
@@ -312,7 +312,7 @@ def _loaders(
     val = ImageSet(val_path, val_items, paired=paired, cache=len(val_items) if cache_rate > 0 else 0)
     loaders = []
     for data, shuffle, transform in ((train, True, PairedTransform() if augment else None), (val, False, None)):
-        chunk = ZarrDataset(data.path, arrays=[data.items[0][0]]).chunk_samples if data.items else 1
+        chunk = list_arrays(data.path)[data.items[0][0]].chunk_samples if data.items else 1
         sampler = _ChunkOrder(
             [(name, i // chunk) for name, i in data.items],
             seed=seed,

@@ -43,24 +43,28 @@ def _read_tiff_header(path: Path) -> tuple[tuple[int, int, int], np.dtype[Any]]:
                 )
             if len(shape) < 2:
                 raise SourceError(f"{path}: first series has shape {shape}, not images")
-            ends = [] if series.dataoffset is None else [int(series.dataoffset) + int(series.nbytes)]
-            try:
-                for page in tif.pages:  # parses every IFD: headers only, no pixel data
-                    if page is not None and hasattr(page, "dataoffsets"):
-                        ends.extend(
-                            int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)
-                        )
-            except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
-                raise SourceError(f"{path}: truncated or corrupt TIF ({exc})") from None
-            end = max(ends, default=0)
+            _check_complete(tif, path, size)
     except SourceError:
         raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
         raise SourceError(f"{path}: not a readable TIF file ({exc})") from None
-    if end > size:
-        raise SourceError(f"{path}: truncated: image data ends at byte {end}, but the file has {size} bytes")
     n = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
     return (n, shape[-2], shape[-1]), dtype
+
+
+def _check_complete(tif: tifffile.TiffFile, path: Path, size: int) -> None:
+    """Raise if the image data of an open TIF file ends past the file's ``size`` bytes (a truncated file)."""
+    series = tif.series[0]
+    ends = [] if series.dataoffset is None else [int(series.dataoffset) + int(series.nbytes)]
+    try:
+        for page in tif.pages:  # parses every IFD: headers only, no pixel data
+            if page is not None and hasattr(page, "dataoffsets"):
+                ends.extend(int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=True))
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+        raise SourceError(f"{path}: truncated or corrupt TIF ({exc})") from None
+    end = max(ends, default=0)
+    if end > size:
+        raise SourceError(f"{path}: truncated: image data ends at byte {end}, but the file has {size} bytes")
 
 
 def open_tiffs(paths: PathsLike, *, chunks: ChunksLike = None) -> xr.DataArray:
@@ -179,11 +183,15 @@ def open_tiff_images(paths: PathsLike, *, skipped: list[tuple[str, str]] | None 
 
 
 def _image_header(path: Path) -> tuple[int, tuple[int, int], np.dtype[Any], bool]:
-    """``(pages, (y, x), dtype, colour)`` of a TIF file's first series, with the truncation check of open_tiffs."""
+    """``(pages, (y, x), dtype, colour)`` of a TIF file's first series, checked for truncation."""
+    size = path.stat().st_size
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path) as tif:  # one open: the header and the truncation check
             series = tif.series[0]
             axes, shape, dtype = series.axes, tuple(int(s) for s in series.shape), np.dtype(series.dtype)
+            _check_complete(tif, path, size)
+    except SourceError:
+        raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as exc:
         raise SourceError(f"{path}: not a readable TIF file ({exc})") from None
     colour = "S" in axes
@@ -193,8 +201,6 @@ def _image_header(path: Path) -> tuple[int, tuple[int, int], np.dtype[Any], bool
         shape = shape[:-1]
     if len(shape) < 2:
         raise SourceError(f"{path}: first series has shape {shape}, not images")
-    if not colour:
-        _read_tiff_header(path)  # the truncation check
     pages = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
     return pages, (shape[-2], shape[-1]), dtype, colour
 
