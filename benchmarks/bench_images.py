@@ -4,11 +4,13 @@ Generated 1024² 16-bit TIFs with a zero background band (the default 2,000; ``-
 
 - **baseline** (the tool zarrforge replaces, ``cache_rate=0``): a map-style Dataset that reads each TIF with
   tifffile, resizes it with ``skimage.transform.resize`` (anti-aliased) and mask-normalizes it, every epoch;
-- **zarrforge**: ``image_loaders`` over the store ``zarrforge images`` made, with ``cache_rate`` 0, 0.5 and 1;
+- **zarrforge**: ``image_loaders`` over the store ``zarrforge images`` made, with ``cache_rate`` 0, 0.5 and 1,
+  its workers as threads (the default) and as DataLoader worker processes;
 
-all with the same DataLoader settings (batch 8, 2 workers, shuffled), one timed epoch after a warm-up epoch, page
-cache warm. Ingest: ``zarrforge images`` with a thread-worker LocalCluster of 2 threads vs 1 thread, each in a
-fresh process timed from launch. Prints a table and ratios; ``--json`` writes them.
+all with the same loader settings (batch 8, 2 workers, shuffled), one timed epoch after a warm-up epoch, page
+cache warm. Ingest: ``zarrforge images`` on its default LocalCluster of single-threaded worker processes (the
+resizing holds the GIL), 2 workers vs 1, each run in a fresh process timed from launch. Prints a table and
+ratios; ``--json`` writes them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class TifDataset:
         return torch.from_numpy(masked_normalize(small))[None]
 
 
-def epoch_worker(kind: str, path: str, cache_rate: float, workers: int = 2) -> dict[str, Any]:
+def epoch_worker(
+    kind: str, path: str, cache_rate: float, workers: int = 2, what: str = "threads"
+) -> dict[str, Any]:
     """Seconds of one epoch of a loader over the TIFs, or over the store's train split after a warm-up epoch."""
     import torch
 
@@ -84,7 +88,7 @@ def epoch_worker(kind: str, path: str, cache_rate: float, workers: int = 2) -> d
         from torch_bridge import image_loaders
 
         start = time.perf_counter()
-        loader, _ = image_loaders(path, batch_size=8, num_workers=workers, cache_rate=cache_rate)
+        loader, _ = image_loaders(path, batch_size=8, num_workers=workers, workers=what, cache_rate=cache_rate)
         setup = time.perf_counter() - start
     seconds = []
     for epoch in range(2 if kind != "tif" else 1):  # the TIF baseline is slow and caches nothing: one epoch
@@ -96,19 +100,26 @@ def epoch_worker(kind: str, path: str, cache_rate: float, workers: int = 2) -> d
             total += float(batch.sum())
             seen += len(batch)
         seconds.append(time.perf_counter() - start)
-    result = {"kind": kind, "cache_rate": cache_rate, "images": seen, "seconds": seconds[-1], "checksum": total}
+    result = {
+        "kind": kind,
+        "workers": what,
+        "cache_rate": cache_rate,
+        "images": seen,
+        "seconds": seconds[-1],
+        "checksum": total,
+    }
     if kind != "tif":
         result["setup_seconds"] = setup
     result["images_per_s"] = seen / seconds[-1]
     return result
 
 
-def ingest(folder: Path, store: Path, threads: int) -> float:
+def ingest(folder: Path, store: Path, workers: int) -> float:
     shutil.rmtree(store, ignore_errors=True)
     warm_page_cache([folder])
     env = {
         **os.environ,
-        "DASK_ZARRFORGE__LOCAL__THREADS_PER_WORKER": str(threads),
+        "DASK_ZARRFORGE__LOCAL__N_WORKERS": str(workers),
         "DASK_ZARRFORGE__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0",
     }
     start = time.perf_counter()
@@ -143,49 +154,60 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both loaders (default 2)")
     parser.add_argument("--skip-ingest", action="store_true", help="reuse the store of an earlier run's workdir")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, path, rate, workers = args.worker
-        print(json.dumps(epoch_worker(kind, path, float(rate), int(workers))))
+        kind, path, rate, workers, what = args.worker
+        print(json.dumps(epoch_worker(kind, path, float(rate), int(workers), what)))
         return
     n = args.images or (200 if args.quick else 2000)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-images-", dir="."))
     folder = make_tifs(work / "data" / "images", n, args.side)
     print(f"{n} TIFs of {args.side}² uint16 -> {SIZE}²", flush=True)
     ingests: dict[int, list[float]] = {1: [], 2: []}
-    for threads in () if args.skip_ingest else (1, 2):
-        ingests[threads] = [ingest(folder, work / f"ingest-{threads}.zarr", threads) for _ in range(2)]
+    for workers in () if args.skip_ingest else (1, 2):
+        ingests[workers] = [ingest(folder, work / f"ingest-{workers}.zarr", workers) for _ in range(2)]
     store = work / "ingest-2.zarr"
     warm_page_cache([folder, store])
     runs = {}
-    for kind, rate in (("store", 0.0), ("store", 0.5), ("store", 1.0), ("tif", 0.0)):
+    kinds = [("store", what, rate) for what in ("threads", "processes") for rate in (0.0, 0.5, 1.0)]
+    for kind, what, rate in [*kinds, ("tif", "processes", 0.0)]:
         path = folder if kind == "tif" else store
-        runs[(kind, rate)] = run_worker(
-            [sys.executable, __file__, "--worker", kind, str(path), str(rate), str(args.workers)], timeout=3600
-        ).result
-        print(f"{kind} cache_rate {rate}: {runs[(kind, rate)]['images_per_s']:,.0f} images/s", flush=True)
-    tif = runs[("tif", 0.0)]["seconds"] / runs[("tif", 0.0)]["images"]  # seconds per image, re-reading TIFs
+        command = [sys.executable, __file__, "--worker", kind, str(path), str(rate), str(args.workers), what]
+        runs[(kind, what, rate)] = run_worker(command, timeout=3600).result
+        print(
+            f"{kind} {what} cache_rate {rate}: {runs[(kind, what, rate)]['images_per_s']:,.0f} images/s",
+            flush=True,
+        )
+    tif = runs[("tif", "processes", 0.0)]
+    tif_seconds = tif["seconds"] / tif["images"]  # seconds per image, re-reading TIFs
     rows = [
-        {"what": "re-read + resize the TIFs each epoch (cache_rate=0)", "rate": 1 / tif, "epoch": tif * n},
+        {
+            "what": "re-read + resize the TIFs each epoch (cache_rate=0)",
+            "rate": 1 / tif_seconds,
+            "epoch": tif_seconds * n,
+        },
         *[
             {
-                "what": f"image_loaders over the store, cache_rate={rate}",
-                "rate": runs[("store", rate)]["images_per_s"],
-                "epoch": runs[("store", rate)]["seconds"],
+                "what": f"image_loaders over the store, {what}, cache_rate={rate}",
+                "rate": runs[("store", what, rate)]["images_per_s"],
+                "epoch": runs[("store", what, rate)]["seconds"],
             }
-            for rate in (0.0, 0.5, 1.0)
+            for _, what, rate in kinds
         ],
         *[
-            {"what": f"ingest, {t} thread{'s' if t > 1 else ''}", "rate": n / median(ingests[t]), "epoch": None}
+            {"what": f"ingest, {t} worker{'s' if t > 1 else ''}", "rate": n / median(ingests[t]), "epoch": None}
             for t in (1, 2)
             if ingests[t]
         ],
     ]
     print_table(rows, [("what", "what"), ("rate", "images/s", ",.0f"), ("epoch", "epoch s (train split)", ".2f")])
-    ratios = {f"vs_tif_cache_{rate}": runs[("store", rate)]["images_per_s"] * tif for rate in (0.0, 0.5, 1.0)}
+    ratios = {
+        f"vs_tif_{what}_cache_{rate}": runs[("store", what, rate)]["images_per_s"] * tif_seconds
+        for _, what, rate in kinds
+    }
     if ingests[1] and ingests[2]:
-        ratios["ingest_2_vs_1_threads"] = median(ingests[1]) / median(ingests[2])
+        ratios["ingest_2_vs_1_workers"] = median(ingests[1]) / median(ingests[2])
     print()
     for key, value in ratios.items():
         goal = 1.6 if key.startswith("ingest") else 50

@@ -346,6 +346,12 @@ def _size(value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--split", type=float, default=0.9, show_default=True, help="Train share of the images (seeded).")
 @click.option(
+    "--val-dir",
+    type=click.Path(),
+    default=None,
+    help="A folder holding the same folders: its images are the val split, all of DATA_DIR's are train.",
+)
+@click.option(
     "--normalize/--no-normalize",
     default=True,
     show_default=True,
@@ -364,6 +370,7 @@ def images(
     pairs: bool,
     skip_bad: bool,
     split: float,
+    val_dir: str | None,
     normalize: bool,
     codec: str | None,
 ) -> None:
@@ -382,6 +389,7 @@ def images(
         size=_size(size),
         pairs=pairs,
         split=split,
+        val_dir=val_dir,
         normalize=normalize,
         skip_bad=skip_bad,
         seed=seed,

@@ -41,7 +41,7 @@ def describe_profile(cluster: str | None = None) -> str:
 
 
 @contextmanager
-def connect(cluster: str | None = None) -> Iterator[Client]:
+def connect(cluster: str | None = None, *, gil_bound: bool = False) -> Iterator[Client]:
     """Start or reach the cluster of a profile and yield a client; close what was started on exit.
 
     Parameters
@@ -51,6 +51,9 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
         machine with its dashboard on loopback; ``"slurm"`` starts worker jobs through dask-jobqueue from the
         ``zarrforge.slurm`` settings (see :mod:`engine.slurm`) and cancels them on exit, also on an error or
         Ctrl-C; ``"tcp://host:port"`` (or ``host:port``) connects to a running scheduler.
+    gil_bound : bool
+        The work holds the GIL (e.g. scikit-image's resizing): a local cluster uses worker processes unless
+        ``zarrforge.local.processes`` says otherwise.
 
     Yields
     ------
@@ -58,7 +61,7 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
     """
     profile = describe_profile(cluster)
     if profile == "local":
-        with _local_cluster() as lc, Client(lc, set_as_default=False) as client:
+        with _local_cluster(gil_bound) as lc, Client(lc, set_as_default=False) as client:
             log.info("dashboard: %s", client.dashboard_link)
             yield client
     elif profile == "slurm":
@@ -80,8 +83,9 @@ def connect(cluster: str | None = None) -> Iterator[Client]:
 
 
 @contextmanager
-def _local_cluster() -> Iterator[LocalCluster]:
-    processes = bool(config.get("local.processes"))
+def _local_cluster(gil_bound: bool = False) -> Iterator[LocalCluster]:
+    setting = config.get("local.processes")
+    processes = gil_bound if setting is None else bool(setting)
     if not processes:
         keep_freed_memory(config.get("local.malloc-keep-bytes"))
     cores = os.cpu_count() or 1

@@ -28,7 +28,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -184,6 +184,7 @@ class TrainingStore:
         level: int | None = None,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        labels: Mapping[str, tuple[str, Sequence[str]]] | None = None,
     ) -> TrainingStore:
         """Create a store, or reopen an unfinished one made with the same parameters, and lock it.
 
@@ -205,6 +206,10 @@ class TrainingStore:
             Further group attributes (``title``, ...).
         overwrite : bool
             Replace a zarrforge store made with other parameters instead of refusing.
+        labels : mapping of str to (axis, strings), optional
+            Text coordinates of a leading axis (e.g. file names): each one a variable-length UTF-8 array written
+            whole when the store is created, named in the ``coordinates`` attribute of that axis' arrays so
+            xarray shows it as a coordinate. Hashed into the fingerprint with the rest.
 
         Returns
         -------
@@ -223,9 +228,21 @@ class TrainingStore:
         path = Path(path)
         lengths = _axis_lengths(arrays)
         grids = _axis_grids(grid, lengths)
+        labels = {name: (axis, [str(v) for v in values]) for name, (axis, values) in (labels or {}).items()}
+        for name, (axis, values) in labels.items():
+            if lengths.get(axis) != len(values) or name in {a.name for a in arrays}:
+                raise ValueError(f"label {name!r}: {len(values)} strings for axis {axis!r} of {lengths.get(axis)}")
+        arrays = [
+            _naming_labels(spec, [n for n, (axis, _) in labels.items() if axis == spec.axis]) for spec in arrays
+        ]
         content = {
             **json_clean(dict(record)),
             "arrays": {a.name: a.describe() for a in arrays},
+            **(
+                {"labels": {name: {"axis": axis, "values": values} for name, (axis, values) in labels.items()}}
+                if labels
+                else {}
+            ),
             **_grid_content(grids, lengths),
             "codec": {"name": codec, "level": level},
         }
@@ -316,7 +333,7 @@ class TrainingStore:
         n_blocks = len(_plan(content))
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            **{k: v for k, v in content.items() if k not in ("arrays", "grid", "axes", "codec")},
+            **{k: v for k, v in content.items() if k not in ("arrays", "grid", "axes", "codec", "labels")},
             "versions": package_versions(),
             "created": utc_now(),
             "fingerprint": fp,
@@ -345,6 +362,18 @@ class TrainingStore:
                 attributes=json_clean(dict(spec.attrs)),
                 config={"write_empty_chunks": True},
             )
+        for name, described in content.get("labels", {}).items():
+            values = np.asarray(described["values"], dtype=object)
+            label = group.create_array(
+                name,
+                shape=values.shape,
+                dtype=str,
+                chunks=(max(len(values), 1),),
+                compressors=compressors(codec, level),
+                dimension_names=(described["axis"],),
+                attributes={"long_name": name.replace("_", " ")},
+            )
+            label[:] = values
         hidden = group.create_group(_META, attributes={"description": "zarrforge run bookkeeping"})
         hidden.create_array(
             _LEDGER,
@@ -534,6 +563,15 @@ def _axis_lengths(arrays: Sequence[ArraySpec]) -> dict[str, int]:
             what = "samples" if axis == SAMPLE else f"{axis!r} items"
             raise ValueError(f"arrays disagree on the number of {what}: {sorted(sizes)}")
     return {axis: sizes.pop() for axis, sizes in lengths.items()}
+
+
+def _naming_labels(spec: ArraySpec, labels: Sequence[str]) -> ArraySpec:
+    """``spec`` with ``labels`` added to its ``coordinates`` attribute (CF: names of its coordinate variables)."""
+    if not labels:
+        return spec
+    named = str(spec.attrs.get("coordinates", "")).split()
+    attrs = {**spec.attrs, "coordinates": " ".join([*named, *(n for n in labels if n not in named)])}
+    return replace(spec, attrs=attrs)
 
 
 def _axis_grids(grid: SampleGrid | Mapping[str, SampleGrid], lengths: Mapping[str, int]) -> dict[str, SampleGrid]:

@@ -93,7 +93,7 @@ def read_whole(reader: ChunkReader) -> np.ndarray:
 
 
 def list_arrays(path: Path) -> dict[str, ArrayInfo]:
-    """The arrays directly inside the group at ``path`` (hidden ``.``-names skipped), by name."""
+    """The arrays directly inside the group at ``path`` (hidden ``.``-names and text labels skipped), by name."""
     if not path.exists():
         raise StoreError(f"{path}: no such store; check the path")
     group_meta = read_json(path / "zarr.json")
@@ -110,7 +110,7 @@ def list_arrays(path: Path) -> dict[str, ArrayInfo]:
         if child.name.startswith(".") or not child.is_dir():
             continue
         meta = read_json(child / "zarr.json")
-        if meta is None or meta.get("node_type") != "array":
+        if meta is None or meta.get("node_type") != "array" or meta.get("data_type") == "string":
             continue
         reader = ChunkReader(child)
         dims = tuple(meta.get("dimension_names") or ())

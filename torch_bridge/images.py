@@ -1,4 +1,4 @@
-"""DataLoaders over an image-folder store (``zarrforge images``): single and paired, cached, augmented, DDP-ready.
+"""Loaders over an image-folder store (``zarrforge images``): single and paired, cached, augmented, DDP-ready.
 
 :func:`image_loaders` yields batches of images ``[B, 1, H, W]``; :func:`paired_loaders` yields ``(target,
 condition)`` pairs of such batches, the same random transform applied to both. Both return ``(train, val)``
@@ -23,6 +23,7 @@ from ._layout import list_arrays, read_json, read_whole
 from ._torch import torch
 from .augment import symmetry
 from .dataset import ZarrDataset, _empty_batch
+from .threaded import ThreadedLoader
 
 __all__ = ["ImageSet", "PairedTransform", "image_loaders", "paired_loaders"]
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # One item of an ImageSet: (array name, sample index in the store).
 Item = tuple[str, int]
+# What the factories return: batches read by threads, or by a DataLoader (no workers, or worker processes).
+Loader = ThreadedLoader | torch.utils.data.DataLoader[Any]
 
 
 class ImageSet(torch.utils.data.Dataset[Any]):
@@ -192,8 +195,8 @@ class _Collate:
 
 def image_loaders(
     store: str | os.PathLike[str], batch_size: int = 8, *, source: str = "both", **options: Any
-) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
-    """``(train, val)`` DataLoaders of single images ``[B, 1, H, W]`` from an images store.
+) -> tuple[Loader, Loader]:
+    """``(train, val)`` loaders of single images ``[B, 1, H, W]`` from an images store.
 
     Parameters
     ----------
@@ -203,7 +206,7 @@ def image_loaders(
     source : str
         A folder name, or ``"both"`` (every folder: all the images of a single store, each array of a paired one).
     **options
-        ``num_workers``, ``cache_rate``, ``augment``, ``distributed``, ``rank``, ``world_size``,
+        ``num_workers``, ``workers``, ``cache_rate``, ``augment``, ``distributed``, ``rank``, ``world_size``,
         ``subset_size``, ``seed``, ``val_store``: see :func:`paired_loaders`.
     """
     folders, single = _folders(Path(store))
@@ -216,8 +219,8 @@ def image_loaders(
 
 def paired_loaders(
     store: str | os.PathLike[str], batch_size: int = 8, *, target: str, condition: str, **options: Any
-) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
-    """``(train, val)`` DataLoaders of ``(target, condition)`` batches, each ``[B, 1, H, W]`` float32.
+) -> tuple[Loader, Loader]:
+    """``(train, val)`` loaders of ``(target, condition)`` batches, each ``[B, 1, H, W]`` float32.
 
     Parameters
     ----------
@@ -226,7 +229,11 @@ def paired_loaders(
     target, condition : str
         Folder names of the store.
     num_workers : int
-        DataLoader worker processes (default 0).
+        Workers reading batches (default 0: the training process reads them).
+    workers : {"threads", "processes"}
+        What the workers are. Threads of the training process (a :class:`~torch_bridge.ThreadedLoader`, the
+        default) hand batches over as they are; a DataLoader's worker processes copy every batch between
+        processes, which on a few cores caps an epoch at the copy's speed (``benchmarks/bench_images.py``).
     cache_rate : float
         Share of the training set decoded once into RAM (default 0); the validation set is fully cached when
         it is above 0.
@@ -281,6 +288,7 @@ def _loaders(
     folders: Sequence[str],
     *,
     num_workers: int = 0,
+    workers: str = "threads",
     cache_rate: float = 0.0,
     augment: bool = False,
     distributed: bool = False,
@@ -289,9 +297,11 @@ def _loaders(
     subset_size: int | None = None,
     seed: int = 0,
     val_store: str | os.PathLike[str] | None = None,
-) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DataLoader[Any]]:
+) -> tuple[Loader, Loader]:
     if not 0 <= cache_rate <= 1:
         raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
+    if workers not in ("threads", "processes"):
+        raise ValueError(f"workers must be 'threads' or 'processes', got {workers!r}")
     if distributed:
         dist = torch.distributed
         world_size = (
@@ -320,8 +330,17 @@ def _loaders(
             num_replicas=world_size,
             rank=rank,
         )
-        loaders.append(
-            torch.utils.data.DataLoader(
+        loader: Loader
+        if num_workers > 0 and workers == "threads":
+            loader = ThreadedLoader(
+                data,
+                batch_size,
+                batch_sampler=torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False),
+                num_threads=num_workers,
+                collate_fn=_Collate(transform),
+            )
+        else:
+            loader = torch.utils.data.DataLoader(
                 data,
                 batch_size=batch_size,
                 sampler=sampler,
@@ -329,7 +348,7 @@ def _loaders(
                 collate_fn=_Collate(transform),
                 persistent_workers=num_workers > 0,
             )
-        )
+        loaders.append(loader)
     if rank == 0:
         log.info("%s", _summary(train, val))
     return loaders[0], loaders[1]

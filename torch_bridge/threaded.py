@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +39,9 @@ class ThreadedLoader:
         Samples per batch.
     sampler : ChunkShuffleSampler, optional
         The order; default ``ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)``.
+    batch_sampler : iterable of lists of int, optional
+        Batches of indices in any order (a ``torch.utils.data.BatchSampler`` over any sampler) instead of
+        ``sampler`` cut into ``batch_size`` batches; its ``sampler`` is the loader's :attr:`sampler`.
     shuffle, seed, window : bool, int, int
         Passed to the default sampler.
     num_threads : int
@@ -78,6 +81,7 @@ class ThreadedLoader:
         batch_size: int = 64,
         *,
         sampler: ChunkShuffleSampler | None = None,
+        batch_sampler: Iterable[Sequence[int]] | None = None,
         shuffle: bool = True,
         seed: int = 0,
         window: int = 1,
@@ -92,10 +96,15 @@ class ThreadedLoader:
         if prefetch is not None and prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.dataset = dataset
-        if sampler is None and window > 1 and hasattr(dataset, "reserve_cache"):
-            dataset.reserve_cache(2 * window)  # the window being read and the next one, decoded once each
-        self.sampler = sampler or ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)
-        self.batch_sampler = ChunkBatchSampler(self.sampler, batch_size, drop_last=drop_last)
+        self.batch_sampler: Any
+        if batch_sampler is not None:
+            self.batch_sampler = batch_sampler
+            self.sampler = getattr(batch_sampler, "sampler", None)
+        else:
+            if sampler is None and window > 1 and hasattr(dataset, "reserve_cache"):
+                dataset.reserve_cache(2 * window)  # the window being read and the next one, decoded once each
+            self.sampler = sampler or ChunkShuffleSampler(dataset, seed=seed, shuffle=shuffle, window=window)
+            self.batch_sampler = ChunkBatchSampler(self.sampler, batch_size, drop_last=drop_last)
         self.batch_size = batch_size
         self.num_threads = int(num_threads)
         self.prefetch = int(prefetch or 2 * num_threads)

@@ -39,14 +39,17 @@ def write_pipeline(
     overwrite: bool = False,
     codec: str | None = None,
     progress: bool | None = None,
+    gil_bound: bool = False,
 ) -> RunSummary:
     """Create (or resume) the store for a lazy dataset and write it on a cluster.
 
     ``grid`` is the sample axis' grid, or a grid per leading axis; a leading axis without one (a virtual picking
     store's micrographs) gets one item per chunk and per write block. ``ds`` must be chunked on each leading axis
     by its grid's ``shard_samples``; its ``attrs`` hold ``parameters`` and ``sources``, and optionally ``counts``,
-    ``virtual`` and ``names`` (kept in the store's attrs) and ``rows_per_chunk`` (arrays stored in row bands). The
-    cluster is started only if there is work to do.
+    ``virtual`` and ``names`` (kept in the store's attrs) and ``rows_per_chunk`` (arrays stored in row bands); its
+    text coordinates (e.g. file names) become text labels of their axis (see ``TrainingStore``). The
+    cluster is started only if there is work to do; ``gil_bound`` work gets local worker processes
+    (:func:`engine.clusters.connect`).
     """
     describe_profile(cluster)  # an unknown cluster is an error before the store is touched
     rows = ds.attrs.get("rows_per_chunk", {})
@@ -70,9 +73,16 @@ def write_pipeline(
         "sources": ds.attrs.get("sources", []),
         **{key: ds.attrs[key] for key in ("counts", "virtual", "names") if key in ds.attrs},
     }
+    # Text coordinates (file names): stored whole as labels of their axis (dask would only build them in memory).
+    labels = {
+        str(name): (str(coord.dims[0]), [str(v) for v in coord.values])
+        for name, coord in ds.coords.items()
+        if coord.ndim == 1 and coord.dtype.kind in "UO"
+    }
     store = TrainingStore.open_for_writing(
         output,
         specs,
+        labels=labels,
         grid=grids,
         record=record,
         codec=config.get("store.codec", codec),
@@ -85,7 +95,7 @@ def write_pipeline(
             done, total = store.progress()
             n_items = ds.sizes.get(SAMPLE, ds.sizes[specs[0].axis])
             return RunSummary(str(store.path), n_items, total, 0, done, 0, store.nbytes_on_disk(), 0.0)
-        with connect(cluster) as client:
+        with connect(cluster, gil_bound=gil_bound) as client:
             summary = write_dataset(ds, store, client, progress=progress)
         store.finalize(summary.as_dict())
     return summary

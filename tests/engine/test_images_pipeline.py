@@ -48,6 +48,8 @@ def test_paired_folders(tmp_path: Path) -> None:
     assert ds.edente.shape == ds.dente.shape == (10, 48, 64) and ds.edente.dtype == np.float32
     meta = zarr.open_group(str(out)).attrs["zarrforge"]
     names = meta["names"]
+    assert ds.coords["name"].dims == ("sample",) and ds.name.values.tolist() == names  # a coord, for xarray users
+    assert "name" in ds.edente.attrs.get("coordinates", "") or "name" in ds.edente.coords
     assert (np.diff(ds.split.values) >= 0).all() and int((ds.split == 0).sum()) == 8
     for i in (0, 9):
         for folder in ("edente", "dente"):
@@ -136,3 +138,33 @@ def test_skip_bad_leaves_out_unreadable_files_and_keeps_pairs_whole(tmp_path: Pa
     assert sorted(meta["names"]) == ["n0", "n1", "n3", "n5"]
     assert meta["counts"]["skipped"]["unreadable_files"] == 2
     assert xr.open_zarr(out).t.shape[0] == 4
+
+
+@pytest.mark.usefixtures("threads_cluster")
+@pytest.mark.parametrize("pairs", [False, True])
+def test_validation_folder_is_the_val_split(tmp_path: Path, pairs: bool) -> None:
+    """--val-dir: its images are val, every image of DATA_DIR is train, for single and paired sets."""
+    folders = {"edente": [f"t{i}" for i in range(5)], "dente": [f"t{i}" for i in range(5)]}
+    train = _folders(tmp_path / "train", folders)
+    val = _folders(tmp_path / "val", {f: [f"v{i}" for i in range(3)] for f in folders}, seed=1)
+    out = tmp_path / "images.zarr"
+    options = ["--folders", "edente,dente", "--size", "32x32", *(["--pairs"] if pairs else [])]
+    _run(str(train), "-o", str(out), *options, "--val-dir", str(val))
+    ds = xr.open_zarr(out)
+    per_name = 1 if pairs else 2  # without --pairs both folders' images are samples
+    assert ds.split.values.tolist() == [0] * 5 * per_name + [1] * 3 * per_name
+    assert {n[0] for n in ds.name.values[ds.split.values == 1]} == {"v"}
+    sources = ds.attrs["zarrforge"]["sources"]
+    assert sum("/val/" in s["path"] for s in sources) == 3 * 2  # two files per val name either way
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(
+        main, ["images", str(train), "-o", str(tmp_path / "x.zarr"), "--val-dir", str(missing)]
+    )
+    assert result.exit_code == 1 and "nowhere: no such folder of validation images" in result.output
+    (val / "dente" / "v0.tif").unlink()  # a val pair without its condition: listed, nothing written
+    result = CliRunner().invoke(
+        main, ["images", str(train), "-o", str(tmp_path / "y.zarr"), *options, "--val-dir", str(val)]
+    )
+    if pairs:
+        assert result.exit_code == 1 and "v0 missing from dente" in result.output
+        assert not (tmp_path / "y.zarr").exists()

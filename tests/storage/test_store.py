@@ -111,6 +111,23 @@ def test_round_trip_through_xarray(finished: Path) -> None:
     np.testing.assert_array_equal(store.array("y0")[:], data["y0"])
 
 
+def test_text_labels_are_coords_and_part_of_the_fingerprint(tmp_path: Path) -> None:
+    names = [f"image é{i}.tif" for i in range(N)]
+    path = tmp_path / "train.zarr"
+    with _open(path, labels={"name": ("sample", names)}) as store:
+        _write(store, _data())
+        store.finalize()
+    verify_store(path)
+    ds = xr.open_zarr(path)
+    assert set(ds.data_vars) == {"patches", "y0"} and ds.coords["name"].values.tolist() == names
+    assert ds.patches.coords["name"].dims == ("sample",)
+    assert "name" in zarr.open_array(str(path / "patches")).attrs["coordinates"]
+    with pytest.raises(StoreMismatchError):  # other names, other content
+        _open(path, labels={"name": ("sample", names[::-1])})
+    with pytest.raises(ValueError, match="3 strings for axis 'sample'"):
+        _open(tmp_path / "other.zarr", labels={"name": ("sample", names[:3])})
+
+
 def test_open_refuses_what_is_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such store"):
         TrainingStore.open(tmp_path / "missing.zarr")

@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 from engine.pipelines import run_images
-from torch_bridge import image_loaders, paired_loaders
+from torch_bridge import ThreadedLoader, image_loaders, paired_loaders
 from torch_bridge.images import PairedTransform
 
 THREADS = {
@@ -66,6 +66,23 @@ def test_paired_batches_cover_the_split_once(stores: dict[str, Path]) -> None:
     got = sorted(_key(t[0]) for batch in train for t in batch[0])
     assert got == sorted(_key(x) for x in ds.edente.values[ds.split.values == 0])
     assert sum(len(t) for t, _ in val) == int((ds.split == 1).sum()) == 5
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_workers_give_the_batches_of_the_training_process(stores: dict[str, Path], workers: str) -> None:
+    """Threads (the default) or worker processes: the same batches, in the same order, as with no workers."""
+    options = {"target": "edente", "condition": "dente", "seed": 3, "cache_rate": 0.5}
+    plain, _ = paired_loaders(stores["paired"], batch_size=4, **options)  # type: ignore[arg-type]
+    train, val = paired_loaders(stores["paired"], batch_size=4, num_workers=2, workers=workers, **options)  # type: ignore[arg-type]
+    assert (workers == "threads") == isinstance(train, ThreadedLoader)
+    for epoch in (0, 1):
+        plain.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        for (target, condition), (want, _) in zip(train, plain, strict=True):
+            assert torch.equal(target, want) and torch.equal(target, condition)
+    assert sum(len(t) for t, _ in val) == 5
+    with pytest.raises(ValueError, match="workers must be"):
+        paired_loaders(stores["paired"], num_workers=2, workers="fibres", **options)  # type: ignore[arg-type]
 
 
 def test_augmented_pairs_stay_aligned(stores: dict[str, Path]) -> None:
