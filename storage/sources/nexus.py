@@ -148,7 +148,13 @@ def _split_chunks(chunks: ChunksLike, all_dims: tuple[str, ...], dims: tuple[str
     return chunks
 
 
-def open_nxtomo(path: Path, *, chunks: ChunksLike = None) -> xr.Dataset:
+def open_nxtomo(
+    path: Path,
+    *,
+    chunks: ChunksLike = None,
+    data_path: str | None = None,
+    image_key_path: str | None = None,
+) -> xr.Dataset:
     """Open one NeXus tomography scan as lazy projections, flats and darks.
 
     This is what :func:`storage.sources.open_hdf5` does when no ``dataset`` is given.
@@ -160,6 +166,9 @@ def open_nxtomo(path: Path, *, chunks: ChunksLike = None) -> xr.Dataset:
     chunks : dict, tuple, int or str, optional
         Chunks by dimension name (``angle``, ``flat``, ``dark``, ``detector_y``, ``detector_x``) or position;
         by default one whole frame per chunk.
+    data_path, image_key_path : str, optional
+        Where the frames and their image keys are, when the layout is not found by itself (both, or one of them
+        beside the found other).
 
     Returns
     -------
@@ -181,7 +190,14 @@ def open_nxtomo(path: Path, *, chunks: ChunksLike = None) -> xr.Dataset:
     with open_h5(path) as f:
         found = None
         seen = set()
-        for entry, data_path, key_path in _candidates(f):
+        candidates = _candidates(f)
+        if data_path is not None or image_key_path is not None:
+            found_paths = next(_candidates(f), ("/", "", ""))
+            given_data = data_path or found_paths[1]
+            given_key = image_key_path or found_paths[2]
+            entry_path = "/" + given_data.strip("/").split("/", 1)[0]
+            candidates = iter([(entry_path, given_data, given_key)])
+        for entry, data_path, key_path in candidates:
             if (data_path, key_path) in seen:
                 continue
             seen.add((data_path, key_path))
