@@ -401,6 +401,415 @@ def images(
     click.echo(summary.line())
 
 
+# ---- tomography: sinograms, stripe pairs, previews (issue 6) ----
+def _pair(value: str | None, param: str, cast: Callable[[str], Any] = float) -> tuple[Any, Any] | None:
+    """``"A,B"`` or ``"AxB"`` → ``(A, B)``."""
+    if value is None:
+        return None
+    parts = value.lower().replace("×", "x").replace("x", ",").split(",")
+    try:
+        first, second = (cast(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give two numbers, e.g. 0,180 or 1801x256", param_hint=param
+        ) from None
+    return first, second
+
+
+@main.command()
+@click.argument("scan", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The sinogram store to write.")
+@click.option("--flats", default=None, type=click.Path(), help="A file holding the flats (replaces the scan's).")
+@click.option("--darks", default=None, type=click.Path(), help="A file holding the darks (replaces the scan's).")
+@click.option("--data-path", default=None, help="Path of the frames in the file, if not found by NeXus rules.")
+@click.option("--image-key", "image_key_path", default=None, help="Path of the image_key dataset, likewise.")
+@click.option("--angles", default=None, help="FIRST,LAST degrees, evenly spaced, for files without angles.")
+@click.option("--flat-average", type=click.Choice(["mean", "median"]), default=None, help="[default: mean]")
+@click.option("--log", "log_transform", is_flag=True, help="Store -log of the normalized transmission.")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "slab", "rechunk", "rechunk-tasks", "rechunk-p2p"]),
+    default=None,
+    help="The projection → sinogram transpose [default: zarrforge.sinograms.method, auto].",
+)
+@_cluster_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing store made with other parameters.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
+@click.option("-v", "--verbose", count=True, help="More detail, and tracebacks for unexpected errors.")
+@_codec_option
+def sinograms(
+    scan: str,
+    output: str,
+    flats: str | None,
+    darks: str | None,
+    data_path: str | None,
+    image_key_path: str | None,
+    angles: str | None,
+    flat_average: str | None,
+    log_transform: bool,
+    method: str | None,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    verbose: int,
+    codec: str | None,
+) -> None:
+    """Normalize a NeXus tomography scan with its flats and darks into a store of sinograms.
+
+    SCAN is a NeXus/HDF5 file (frames split by image_key), or TIF projections (folder, quoted glob or file)
+    with --flats, --darks and --angles. Writes sinograms (detector_y, angle, detector_x) float32 with the
+    rotation_angle coord in degrees, one band of detector rows per block, read slab by slab straight from the
+    scan (zarrforge.sinograms.block-bytes bounds a block's memory). Re-running the same command resumes.
+    """
+    from .pipelines import run_sinograms
+
+    _configure_logging(verbose, quiet)
+    summary = run_sinograms(
+        scan,
+        output,
+        flats=flats,
+        darks=darks,
+        data_path=data_path,
+        image_key_path=image_key_path,
+        angles=_pair(angles, "--angles"),
+        flat_average=flat_average,  # type: ignore[arg-type]
+        log_transform=log_transform,
+        method=method,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    import dataclasses
+
+    import zarr
+
+    rows = zarr.open_array(f"{output}/sinograms", mode="r").shape[0]
+    click.echo(dataclasses.replace(summary, samples=rows).line().replace(" samples", " sinograms"))
+
+
+@main.command()
+@click.argument("sinograms", type=click.Path())
+@_run_options
+@click.option("--patch", default="1801x256", show_default=True, help="ANGLESxCOLUMNS of a patch.")
+@click.option("--split", type=float, default=0.9, show_default=True, help="Train share of the sinograms (seeded).")
+@click.option("--virtual", is_flag=True, help="Store clean patches only; PairDataset simulates the stripes.")
+@click.option("--stripes", "count", default="1,3", show_default=True, help="MIN,MAX simulated stripes per patch.")
+@click.option("--width", default="1,10", show_default=True, help="MIN,MAX columns of a simulated stripe.")
+@click.option("--contrast", default="0.02,0.2", show_default=True, help="MIN,MAX relative change of a stripe.")
+@click.option(
+    "--threshold", type=float, default=0.01, show_default=True, help="Detection: least relative stripe contrast."
+)
+@_codec_option
+def stripes(
+    sinograms: str,
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    patch: str,
+    split: float,
+    virtual: bool,
+    count: str,
+    width: str,
+    contrast: str,
+    threshold: float,
+    codec: str | None,
+) -> None:
+    """Cut sinograms into patches and pair each stripe-free patch with a simulated striped copy.
+
+    SINOGRAMS is a store written by "zarrforge sinograms". Patches where detection finds a real stripe are kept
+    apart (group real_artifacts, with their detected masks); the others are "clean" and get a "stripe" partner
+    (full, partial, dead and hot stripes, seeded per patch) and its "mask". Whole sinograms go to train or val.
+    Re-running the same command resumes an interrupted run.
+    """
+    from graphs.stripes import DetectParams, StripeParams
+
+    from .pipelines import run_stripes
+
+    summary = run_stripes(
+        sinograms,
+        output,
+        patch=_pair(patch, "--patch", int),  # type: ignore[arg-type]
+        split=split,
+        virtual=virtual,
+        stripe_params=StripeParams(
+            count=_pair(count, "--stripes", int),  # type: ignore[arg-type]
+            width=_pair(width, "--width", int),  # type: ignore[arg-type]
+            contrast=_pair(contrast, "--contrast"),  # type: ignore[arg-type]
+        ),
+        detect_params=DetectParams(threshold=threshold),
+        seed=seed,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(summary.line())
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The PNG file to write.")
+@click.option("-n", "n", type=int, default=6, show_default=True, help="Pairs (and real-artifact patches) shown.")
+@click.option("--index", type=int, default=None, help="Sinogram store: the detector row shown [default: middle].")
+def preview(store: str, output: str, n: int, index: int | None) -> None:
+    """Draw a PNG montage: clean/stripe pairs and masks of a pair store, or a sinogram with its stripes."""
+    from .preview import preview as draw
+
+    click.echo(draw(store, output, n=n, index=index))
+
+
+# ---- end of tomography commands ----
+
+
+@main.command("tensor-tomo")
+@click.argument("scan", required=False, type=click.Path())
+@_run_options
+@click.option(
+    "--synthetic",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Instead of reconstructing: write a synthetic N×N×N scan with its ground truth to -o (an .h5 file).",
+)
+@click.option(
+    "--synthetic-projections", type=int, default=247, show_default=True, help="Projections of a --synthetic scan."
+)
+@click.option("--ell-max", type=int, default=8, show_default=True, help="Highest spherical-harmonic order (even).")
+@click.option(
+    "--num-projections", type=int, default=60, show_default=True, help="Projections drawn per reconstruction."
+)
+@click.option("--num-samples", type=int, default=100, show_default=True, help="Reconstructions to make.")
+@click.option(
+    "--regularization", type=float, default=10.0, show_default=True, help="Weight of the Laplacian regulariser."
+)
+@click.option("--maxiter", type=int, default=20, show_default=True, help="L-BFGS-B iterations at most.")
+@click.option("--maxfun", type=int, default=40, show_default=True, help="L-BFGS-B loss evaluations at most.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: mumott's CUDA projector where a GPU is found, else the CPU projector.",
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="numba threads per reconstruction task.")
+@_codec_option
+def tensor_tomo(
+    scan: str | None,
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    synthetic: int | None,
+    synthetic_projections: int,
+    ell_max: int,
+    num_projections: int,
+    num_samples: int,
+    regularization: float,
+    maxiter: int,
+    maxfun: int,
+    device: str,
+    threads: int,
+    codec: str | None,
+) -> None:
+    """Reconstruct random projection subsets of a SAXS tensor-tomography scan with mumott into a training store.
+
+    SCAN is an HDF5 file in mumott's layout. Sample k reconstructs the spherical-harmonic coefficients (even orders
+    up to --ell-max: 45 for 8) from --num-projections projections drawn with seed [--seed, k], by L-BFGS-B with a
+    Laplacian regulariser; one Dask task and one store chunk per sample, so re-running resumes. With --synthetic N
+    (and no SCAN), write a synthetic scan with known ground truth to -o instead. Needs zarrforge[mumott].
+    """
+    from .pipelines import run_tensor_tomo, write_synthetic_scan
+
+    if synthetic is not None:
+        if scan is not None:
+            raise click.UsageError("give either SCAN or --synthetic N, not both")
+        written = write_synthetic_scan(
+            output, synthetic, ell_max=ell_max, n_projections=synthetic_projections, seed=seed
+        )
+        click.echo(
+            f"wrote a synthetic {synthetic}³ scan: {written.n_projections} projections of "
+            f"{written.projection_shape[0]} × {written.projection_shape[1]} pixels, {written.n_segments} "
+            f"segments, ground truth ell_max {ell_max} -> {output}"
+        )
+        return
+    if scan is None:
+        raise click.UsageError("give a SCAN file (mumott HDF5), or --synthetic N to make one")
+    summary = run_tensor_tomo(
+        scan,
+        output,
+        ell_max=ell_max,
+        num_projections=num_projections,
+        num_samples=num_samples,
+        regularization_weight=regularization,
+        maxiter=maxiter,
+        maxfun=maxfun,
+        device=device,
+        threads=threads,
+        seed=seed,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(summary.line())
+
+
+def _ratios(value: str, param: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give train,val,test shares, e.g. 0.8,0.2,0", param_hint=param
+        ) from None
+
+
+def _levels(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give level numbers, e.g. 3,4", param_hint="--levels") from None
+
+
+@main.command()
+@click.argument("inputs", nargs=-1)
+@_run_options
+@click.option("--synthetic", type=int, default=None, help="Generate N procedural objects instead of meshes.")
+@click.option("--resolution", type=int, default=64, show_default=True, help="Object grid side (a power of 2).")
+@click.option(
+    "--min-resolution", type=int, default=4, show_default=True, help="Smallest subvolume side (a power of 2)."
+)
+@click.option("--split", default="0.8,0.1,0.1", show_default=True, help="Train,val,test shares of the objects.")
+@_codec_option
+def voxels(
+    inputs: tuple[str, ...],
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    synthetic: int | None,
+    resolution: int,
+    min_resolution: int,
+    split: str,
+    codec: str | None,
+) -> None:
+    """Voxelize meshes (or procedural shapes) into a hierarchical voxel store, subvolumes stored once per hash.
+
+    INPUTS are mesh files, folders or quoted globs ('meshes/*.stl'; STL, OBJ, PLY, OFF, GLB), solid-filled
+    with trimesh; or --synthetic N generates unions of spheres, boxes and tori. Each object is cut into levels
+    of subvolumes (--resolution halved down to --min-resolution); equal subvolumes are stored once per level.
+    """
+    from .pipelines import run_voxels
+
+    if synthetic is None and not inputs:
+        raise click.UsageError("give mesh files or --synthetic N")
+    summary = run_voxels(
+        list(inputs) or None,
+        output,
+        synthetic=synthetic,
+        resolution=resolution,
+        min_resolution=min_resolution,
+        split=_ratios(split, "--split"),
+        seed=seed,
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(_store_line(summary, "voxels"))
+
+
+@main.command()
+@click.argument("voxel_store", type=click.Path())
+@_run_options
+@click.option("--sphere-divisions", type=int, default=2, show_default=True, help="Icosphere subdivisions (views).")
+@click.option("--samples-per-view", type=int, default=3000, show_default=True, help="Rays per view and subvolume.")
+@click.option(
+    "--views-per-subvolume",
+    default="1",
+    show_default=True,
+    help="How many of the views see each subvolume (seeded draw), or 'all'.",
+)
+@click.option("--adaptive", is_flag=True, help="Aim every second ray at a surface voxel.")
+@click.option("--levels", default=None, help="Levels to cast, e.g. 3,4 [default: all].")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "numba", "numpy", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Traversal: auto = torch on a CUDA worker, else numba.",
+)
+@_codec_option
+def rays(
+    voxel_store: str,
+    output: str,
+    seed: int,
+    cluster: str | None,
+    overwrite: bool,
+    quiet: bool,
+    sphere_divisions: int,
+    samples_per_view: int,
+    views_per_subvolume: str,
+    adaptive: bool,
+    levels: str | None,
+    backend: str,
+    codec: str | None,
+) -> None:
+    """Cast rays at every unique subvolume of a voxel store (exact voxel traversal) into a rays store.
+
+    Each subvolume is seen from --views-per-subvolume of the views on an icosphere subdivided
+    --sphere-divisions times, with --samples-per-view parallel rays per view; each ray stores its origin,
+    direction, distance to the first occupied voxel (inf if none) and hit flag.
+    """
+    from .pipelines import run_rays
+
+    per = None if views_per_subvolume == "all" else int(views_per_subvolume)
+    summary = run_rays(
+        voxel_store,
+        output,
+        sphere_divisions=sphere_divisions,
+        samples_per_view=samples_per_view,
+        views_per_subvolume=per,
+        adaptive=adaptive,
+        levels=_levels(levels),
+        seed=seed,
+        backend=backend,  # type: ignore[arg-type]
+        cluster=cluster,
+        overwrite=overwrite,
+        codec=codec,
+        progress=False if quiet else None,
+    )
+    click.echo(_store_line(summary, "rays"))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--ratios", required=True, help="New train,val,test shares of the objects, e.g. 0.8,0.2,0.")
+@click.option("--seed", type=int, default=None, help="Seed of the permutation [default: the store's].")
+def splits(store: str, ratios: str, seed: int | None) -> None:
+    """Reassign a voxel store's objects to train/val/test, without recomputing voxels or rays."""
+    from .pipelines import reassign_splits
+
+    counts = reassign_splits(store, _ratios(ratios, "--ratios"), seed=seed)
+    click.echo(f"{store}: objects per split " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _store_line(summary: Any, what: str) -> str:
+    """The run's line, in blocks and bytes (voxel and rays stores have no sample axis)."""
+    if summary.blocks_written == 0:
+        return f"{summary.store}: complete, nothing to do ({summary.blocks_total} blocks)"
+    return (
+        f"wrote {what}: {summary.blocks_written} blocks ({summary.nbytes / 2**20:.1f} MiB, "
+        f"{summary.nbytes_on_disk / 2**20:.1f} MiB on disk) in {summary.seconds:.1f} s -> {summary.store}"
+    )
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")

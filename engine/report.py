@@ -11,6 +11,17 @@ from storage.store import TrainingStore
 __all__ = ["describe_store"]
 
 
+def _items(arrays: dict[str, Any]) -> str:
+    """``1,800 samples``; for a store without a sample axis its leading axes, e.g. ``100 object, 5 angle``."""
+    lengths: dict[str, int] = {}
+    for arr in arrays.values():
+        if arr["dims"] and arr["shape"]:
+            lengths.setdefault(arr["dims"][0], arr["shape"][0])
+    if "sample" in lengths or not lengths:
+        return f"{lengths.get('sample', 0):,} samples"
+    return ", ".join(f"{n:,} {axis}" for axis, n in lengths.items())
+
+
 def _size(n: int) -> str:
     for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor:
@@ -38,7 +49,7 @@ def describe_store(path: str | os.PathLike[str], *, as_json: bool = False) -> st
         if meta.get("complete")
         else f"UNFINISHED: {done} of {total} blocks written; re-run the same command to resume"
     )
-    lines = [f"{info['path']}: {meta.get('pipeline', '?')} store, {meta.get('n_samples', 0):,} samples, {state}"]
+    lines = [f"{info['path']}: {meta.get('pipeline', '?')} store, {_items(info['arrays'])}, {state}"]
     lines.append(f"  size on disk: {_size(info['nbytes_on_disk'])}")
     lines.append("  arrays:")
     width = max((len(n) for n in info["arrays"]), default=0)
@@ -79,7 +90,7 @@ def _count_lines(counts: dict[str, Any] | None) -> list[str]:
         return []
     splits = {name: c for name, c in counts.items() if isinstance(c, dict) and "samples" in c}
     kinds = [k for k in next(iter(splits.values()), {}) if k != "samples"]
-    lines = ["  samples by split:" + "".join(f"{h:>12}" for h in ("samples", *kinds))]
+    lines = ["  samples by split:" + "".join(f"{h:>12}" for h in ("samples", *kinds))] if splits else []
     for name, c in splits.items():
         lines.append(f"    {name:<14}" + "".join(f"{c.get(k, 0):>12,}" for k in ("samples", *kinds)))
     unmatched = counts.get("unmatched")

@@ -53,14 +53,13 @@ class RunSummary:
         """One line for the terminal, e.g. ``wrote 1,800 samples (112.5 MiB, 55.1 MiB on disk) in 3.2 s ...``."""
         if self.blocks_written == 0:
             return f"{self.store}: complete, nothing to do ({self.samples:,} samples, {self.blocks_total} blocks)"
-        rate = self.nbytes / self.seconds / 2**20 if self.seconds else float("inf")
         samples_written = self.samples * self.blocks_written // max(self.blocks_total, 1)
         resumed = f", {self.blocks_skipped} blocks already done" if self.blocks_skipped else ""
         memory = f"; {self.memory_line()}" if self.workers else ""
         return (
             f"wrote {samples_written:,} samples ({_mib(self.nbytes)}, {_mib(self.nbytes_on_disk)} on disk) "
-            f"in {self.seconds:.1f} s: {samples_written / max(self.seconds, 1e-9):,.0f} samples/s, "
-            f"{rate:,.0f} MiB/s{resumed}{memory} -> {self.store}"
+            f"in {self.seconds:.1f} s: {_per_second(samples_written, self.seconds)} samples/s, "
+            f"{_per_second(self.nbytes / 2**20, self.seconds)} MiB/s{resumed}{memory} -> {self.store}"
         )
 
     def memory_line(self) -> str:
@@ -84,6 +83,18 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON-clean values."""
         return dict(self.__dict__)
+
+
+def _per_second(amount: float, seconds: float) -> str:
+    """A rate with the digits it needs: ``1,234``, ``12.3``, ``0.00833`` (a slow pipeline makes a sample a minute).
+
+    Examples
+    --------
+    >>> _per_second(2468, 2), _per_second(37, 3), _per_second(1, 120)
+    ('1,234', '12.3', '0.00833')
+    """
+    rate = amount / max(seconds, 1e-9)
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
 
 
 def _mib(n: int) -> str:

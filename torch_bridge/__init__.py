@@ -12,22 +12,35 @@ Examples
 
 from __future__ import annotations
 
-from . import _torch  # noqa: F401  (first: a missing torch raises an ImportError that says what to install)
+from . import (
+    _torch,  # noqa: F401  (first: a missing torch raises an ImportError that says what to install)
+    transforms,
+)
 from .augment import WeakStrongBatch, WeakStrongCollate, strong_augment, weak_augment
 from .balanced import BalancedBatchSampler
 from .cache import ChunkCache
 from .dataset import SampleBatch, ZarrDataset
 from .images import image_loaders, paired_loaders
 from .loader import collate, make_loader
+from .pairs import PairDataset
+from .reconstructions import ReconstructionDataset, coefficient_subset
 from .sampler import BatchIndices, ChunkBatchSampler, ChunkShuffleSampler, order_randomness
 from .threaded import ThreadedLoader
+from .voxels import RayBatchSampler, VoxelRayDataset, collate_ray_batch
 
 __all__ = [
+    "RayBatchSampler",
+    "VoxelRayDataset",
+    "collate_ray_batch",
+    "transforms",
+    "ReconstructionDataset",
+    "coefficient_subset",
     "BalancedBatchSampler",
     "BatchIndices",
     "ChunkBatchSampler",
     "ChunkCache",
     "ChunkShuffleSampler",
+    "PairDataset",
     "SampleBatch",
     "ThreadedLoader",
     "WeakStrongBatch",

@@ -11,5 +11,22 @@ from .common import store_grid, write_pipeline
 from .images import run_images
 from .patches import run_patches
 from .picking import run_picking
+from .sinograms import run_sinograms
+from .stripes import run_stripes
+from .tensor_tomo import run_tensor_tomo, write_synthetic_scan
+from .voxels import reassign_splits, run_rays, run_voxels
 
-__all__ = ["run_images", "run_patches", "run_picking", "store_grid", "write_pipeline"]
+__all__ = [
+    "run_images",
+    "run_patches",
+    "run_picking",
+    "run_sinograms",
+    "run_stripes",
+    "store_grid",
+    "write_pipeline",
+    "run_tensor_tomo",
+    "write_synthetic_scan",
+    "reassign_splits",
+    "run_rays",
+    "run_voxels",
+]
