@@ -38,18 +38,26 @@ Loader = ThreadedLoader | torch.utils.data.DataLoader[Any]
 class ImageSet(torch.utils.data.Dataset[Any]):
     """Items ``(array, sample)`` of an images store as ``[1, H, W]`` tensors; a leading share cached in RAM.
 
-    With ``paired`` arrays, item ``(name, i)`` gives a tuple of sample ``i`` of every array in ``paired``.
+    With ``paired`` arrays, item ``(name, i)`` gives a tuple of sample ``i`` of every array in ``paired``. With
+    ``normalize`` each image is mask-normalized as it is read (:func:`graphs.masked.masked_normalize`).
     ``cache`` items are decoded when the set is made (before DataLoader workers fork, which then share them).
     A DataLoader with a ``batch_size`` gets whole batches from :meth:`__getitems__`: one ``[B, 1, H, W]`` tensor
     per view, gathered chunk by chunk straight into the batch (in shared memory inside a worker).
     """
 
     def __init__(
-        self, store: str | os.PathLike[str], items: Sequence[Item], *, paired: Sequence[str] = (), cache: int = 0
+        self,
+        store: str | os.PathLike[str],
+        items: Sequence[Item],
+        *,
+        paired: Sequence[str] = (),
+        cache: int = 0,
+        normalize: bool = False,
     ) -> None:
         self.path = Path(store)
         self.items = list(items)
         self.paired = tuple(paired)
+        self.normalize = normalize
         arrays = sorted({name for name, _ in self.items} | set(self.paired))
         self._datasets = {name: ZarrDataset(self.path, arrays=[name]) for name in arrays}
         self._cached: dict[Item, tuple[torch.Tensor, ...]] = {}
@@ -87,6 +95,12 @@ class ImageSet(torch.utils.data.Dataset[Any]):
             v, name = key.split(":", 1)
             values = self._datasets[name].__getitems__(samples).stacked[name]
             batches[int(v)][rows, 0] = values
+            if self.normalize:  # read from the store: normalized here (the cached items were, once)
+                from graphs.masked import masked_normalize  # numpy only: no dask in the loader
+
+                for row in rows:
+                    image = batches[int(v)][row, 0]
+                    image.copy_(masked_normalize(image))
         return batches
 
     def __getitems__(self, positions: Sequence[int]) -> tuple[torch.Tensor, ...]:
@@ -206,8 +220,8 @@ def image_loaders(
     source : str
         A folder name, or ``"both"`` (every folder: all the images of a single store, each array of a paired one).
     **options
-        ``num_workers``, ``workers``, ``cache_rate``, ``augment``, ``distributed``, ``rank``, ``world_size``,
-        ``subset_size``, ``seed``, ``val_store``: see :func:`paired_loaders`.
+        ``num_workers``, ``workers``, ``normalize``, ``cache_rate``, ``augment``, ``distributed``, ``rank``,
+        ``world_size``, ``subset_size``, ``seed``, ``val_store``: see :func:`paired_loaders`.
     """
     folders, single = _folders(Path(store))
     chosen = folders if source == "both" else [source]
@@ -248,6 +262,9 @@ def paired_loaders(
         Seeds the order (call ``loader.sampler.set_epoch(epoch)`` each epoch).
     val_store : path, optional
         Take the validation set from this store (all of its samples) instead of the store's own val split.
+    normalize : {None, "local"}
+        ``"local"``: mask-normalize each image on the fly (mean and std of its non-zero pixels), for a store
+        ingested with ``--no-normalize``; ``None`` (default): the images as stored.
     """
     folders, single = _folders(Path(store))
     if single:
@@ -258,11 +275,15 @@ def paired_loaders(
     return _loaders(Path(store), batch_size, [target], (target, condition), single, folders, **options)
 
 
-def _folders(store: Path) -> tuple[list[str], bool]:
+def _parameters(store: Path) -> dict[str, Any]:
     meta = (read_json(store / "zarr.json") or {}).get("attributes", {}).get("zarrforge", {})
     if meta.get("pipeline") != "images":
         raise ValueError(f"{store}: not a store made by zarrforge images")
-    folders = list(meta.get("parameters", {}).get("folders", []))
+    return dict(meta.get("parameters", {}))
+
+
+def _folders(store: Path) -> tuple[list[str], bool]:
+    folders = list(_parameters(store).get("folders", []))
     return folders, "images" in list_arrays(store)
 
 
@@ -297,7 +318,15 @@ def _loaders(
     subset_size: int | None = None,
     seed: int = 0,
     val_store: str | os.PathLike[str] | None = None,
+    normalize: str | None = None,
 ) -> tuple[Loader, Loader]:
+    if normalize not in (None, "local"):
+        raise ValueError(f"normalize must be None or 'local', got {normalize!r}")
+    for path in {store, Path(val_store) if val_store is not None else store}:
+        if normalize == "local" and _parameters(path).get("normalize", True):
+            raise ValueError(
+                f"{path} holds normalized images already; normalize='local' is for --no-normalize stores"
+            )
     if not 0 <= cache_rate <= 1:
         raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
     if workers not in ("threads", "processes"):
@@ -318,8 +347,13 @@ def _loaders(
         val_items = _items(val_path, chosen, val_single, val_folders, None)
     else:
         val_path, val_items = store, _items(store, chosen, single, folders, 1)
-    train = ImageSet(store, train_items, paired=paired, cache=round(cache_rate * len(train_items)))
-    val = ImageSet(val_path, val_items, paired=paired, cache=len(val_items) if cache_rate > 0 else 0)
+    local = normalize == "local"
+    train = ImageSet(
+        store, train_items, paired=paired, cache=round(cache_rate * len(train_items)), normalize=local
+    )
+    val = ImageSet(
+        val_path, val_items, paired=paired, cache=len(val_items) if cache_rate > 0 else 0, normalize=local
+    )
     loaders = []
     for data, shuffle, transform in ((train, True, PairedTransform() if augment else None), (val, False, None)):
         chunk = list_arrays(data.path)[data.items[0][0]].chunk_samples if data.items else 1

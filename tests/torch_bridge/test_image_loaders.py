@@ -149,3 +149,26 @@ def test_bad_arguments(stores: dict[str, Path], tmp_path: Path) -> None:
         paired_loaders(stores["paired"], target="edente", condition="dente", cache_rate=2)
     with pytest.raises(ValueError, match="not a folder"):
         paired_loaders(stores["paired"], target="edente", condition="teeth")
+
+
+def test_local_normalization_on_the_fly(tmp_path: Path) -> None:
+    """normalize="local" on a --no-normalize store gives what the ingest's normalization stores, cached or not."""
+    root = tmp_path / "data" / "a"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        image = rng.integers(1, 5000, (32, 32)).astype(np.uint16)
+        image[:6] = 0
+        tifffile.imwrite(root / f"im{i}.tif", image)
+    with dask.config.set(THREADS):
+        run_images(root.parent, tmp_path / "raw.zarr", split=0.6, normalize=False, progress=False)
+        run_images(root.parent, tmp_path / "normalized.zarr", split=0.6, progress=False)
+    want = np.sort(xr.open_zarr(tmp_path / "normalized.zarr").images.values.reshape(10, -1), axis=0)
+    for cache_rate in (0.0, 0.5):
+        train, val = image_loaders(tmp_path / "raw.zarr", batch_size=4, normalize="local", cache_rate=cache_rate)
+        got = np.concatenate([b.numpy().reshape(len(b), -1) for loader in (train, val) for b in loader])
+        np.testing.assert_allclose(np.sort(got, axis=0), want, atol=1e-5)
+    with pytest.raises(ValueError, match="holds normalized images already"):
+        image_loaders(tmp_path / "normalized.zarr", normalize="local")
+    with pytest.raises(ValueError, match="normalize must be"):
+        image_loaders(tmp_path / "raw.zarr", normalize="global")
