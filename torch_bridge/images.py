@@ -21,7 +21,6 @@ from storage.chunks import ChunkReader
 
 from ._layout import list_arrays, read_json, read_whole
 from ._torch import torch
-from .augment import symmetry
 from .dataset import ZarrDataset, _empty_batch
 from .threaded import ThreadedLoader
 
@@ -144,48 +143,56 @@ class _ChunkOrder(torch.utils.data.Sampler[int]):
 
 
 class PairedTransform:
-    """The same random flips, quarter turns (square images), small affine warp and intensity change for every view.
+    """The same random flips, quarter turns (square images), small affine warp and gain for every view.
 
-    Applied per sample to a batch of views ``[B, 1, H, W]`` (one tensor per view), with torch's RNG (seeded per
-    DataLoader worker), so target and condition stay aligned.
+    kornia's ``AugmentationSequential`` draws each sample's parameters and applies them to every view, so target
+    and condition stay aligned (torchvision's v2 transforms would do as well, but torchvision's wheels are built
+    against CUDA builds of torch). Random numbers come from torch's generator (seeded per DataLoader worker).
+    Needs ``kornia`` (the ``torch`` extra).
+
+    Parameters
+    ----------
+    degrees : float
+        Largest rotation of the affine warp, in degrees.
+    scale, translate : float
+        Largest relative zoom, and shift as a share of the side.
+    intensity : float
+        Largest relative change of the gain (1 ± intensity).
     """
 
     def __init__(
         self, degrees: float = 10.0, scale: float = 0.1, translate: float = 0.05, intensity: float = 0.1
     ) -> None:
         self.degrees, self.scale, self.translate, self.intensity = degrees, scale, translate, intensity
+        self._pipelines: dict[tuple[bool, int], Any] = {}
+
+    def _pipeline(self, square: bool, views: int) -> Any:
+        import kornia.augmentation as K
+
+        key = (square, views)
+        if key not in self._pipelines:
+            steps = [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
+            if square:
+                steps.append(K.RandomRotation90(times=(0, 3)))
+            steps += [
+                K.RandomAffine(
+                    degrees=self.degrees,
+                    translate=(self.translate, self.translate),
+                    scale=(1 - self.scale, 1 + self.scale),
+                    padding_mode="zeros",
+                    p=1.0,
+                ),
+                # kornia's contrast is a gain (image × factor); unclipped, as normalized images are not in [0, 1].
+                K.RandomContrast(contrast=(1 - self.intensity, 1 + self.intensity), clip_output=False, p=1.0),
+            ]
+            self._pipelines[key] = K.AugmentationSequential(*steps, data_keys=["input"] * views)
+        return self._pipelines[key]
 
     def __call__(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Transform the views ``[B, 1, H, W]`` alike, sample by sample."""
-        batch, _, height, width = views[0].shape
-        codes = torch.randint(0, 8 if height == width else 4, (batch,)).tolist()
-        angle = (torch.rand(batch) * 2 - 1) * math.radians(self.degrees)
-        zoom = 1 + (torch.rand(batch) * 2 - 1) * self.scale
-        shift = (torch.rand(batch, 2) * 2 - 1) * self.translate * 2
-        gain = 1 + (torch.rand(batch) * 2 - 1) * self.intensity
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        out = []
-        for view in views:
-            view = view.float()
-            flipped = torch.stack([_dihedral(view[i], codes[i]) for i in range(batch)])
-            grid = torch.nn.functional.affine_grid(theta.to(view.dtype), list(flipped.shape), align_corners=False)
-            warped = torch.nn.functional.grid_sample(
-                flipped, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
-            out.append(warped * gain.view(-1, 1, 1, 1).to(view.dtype))
-        return tuple(out)
-
-
-def _dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
-    """Symmetry ``code``: 0-7 for square images, 0-3 for others (none, left-right, up-down, both flips).
-
-    Square images use :func:`~torch_bridge.augment.symmetry`.
-    """
-    if image.shape[-1] == image.shape[-2]:
-        return symmetry(image, code)
-    dims = [(), (-1,), (-2,), (-2, -1)][code]
-    return torch.flip(image, dims=dims) if dims else image
+        """Transform the views ``[B, 1, H, W]`` alike, each sample with its own draw."""
+        height, width = views[0].shape[-2:]
+        out = self._pipeline(height == width, len(views))(*(view.float() for view in views))
+        return tuple(out) if isinstance(out, list | tuple) else (out,)
 
 
 class _Collate:
