@@ -8,6 +8,7 @@ one line: what was found, where, and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "MissingDependencyError",
     "SourceError",
     "SourceNotFoundError",
     "StoreError",
@@ -20,6 +21,10 @@ __all__ = [
 
 class ZarrforgeError(Exception):
     """Base class of every error zarrforge raises for bad input or bad state."""
+
+
+class MissingDependencyError(ZarrforgeError, ImportError):
+    """An optional dependency a command needs is not installed; the message names the extra to install."""
 
 
 class SourceNotFoundError(ZarrforgeError, FileNotFoundError):

@@ -25,7 +25,7 @@ from typing import Any, cast
 import h5py
 import numpy as np
 
-from ..errors import SourceError, SourceNotFoundError
+from ..errors import MissingDependencyError, SourceError, SourceNotFoundError
 from ._paths import file_record
 
 __all__ = ["MumottScan", "import_mumott", "open_mumott", "read_ground_truth", "write_mumott_scan"]
@@ -61,7 +61,9 @@ def import_mumott() -> ModuleType:
     try:
         import mumott  # type: ignore[import-untyped]
     except ImportError as e:
-        raise ImportError(f'tensor tomography needs mumott: pip install "zarrforge[mumott]" ({e})') from None
+        raise MissingDependencyError(
+            f'tensor tomography needs mumott: pip install "zarrforge[mumott]" ({e})'
+        ) from None
     finally:
         root.removeHandler(guard)
         root.setLevel(level)

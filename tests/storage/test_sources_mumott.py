@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from storage.errors import SourceError, SourceNotFoundError
+from storage.errors import SourceError, SourceNotFoundError, ZarrforgeError
 from storage.sources.mumott import import_mumott, open_mumott, read_ground_truth, write_mumott_scan
 
 SEGMENTS = (np.arange(8) + 0.5) * np.pi / 8
@@ -120,5 +120,6 @@ def test_importing_mumott_leaves_the_root_logger_and_stdout_alone() -> None:
 
 def test_a_missing_mumott_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mumott", None)  # what an absent package looks like to ``import``
-    with pytest.raises(ImportError, match=r'pip install "zarrforge\[mumott\]"'):
+    with pytest.raises(ImportError, match=r'pip install "zarrforge\[mumott\]"') as raised:
         import_mumott()
+    assert isinstance(raised.value, ZarrforgeError)  # so the CLI prints it as one line, "Error: ..."
