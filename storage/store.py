@@ -27,7 +27,8 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -294,6 +295,21 @@ class TrainingStore:
                 "wait for it to finish"
             ) from None
         self._lock = lock
+
+    @contextmanager
+    def locked(self) -> Iterator[TrainingStore]:
+        """Hold the writer lock for a change in place of a finished store (e.g. reassigning its splits).
+
+        Raises
+        ------
+        StoreLockedError
+            Another process is writing the store.
+        """
+        self._acquire_lock()
+        try:
+            yield self
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Release the writer lock (if held)."""

@@ -95,27 +95,24 @@ def reassign_split(
     Nothing else changes: the fingerprint (which a re-run of the original command checks) stays, the new
     assignment is recorded in ``attrs["zarrforge"]["splits"]`` (``record`` plus the time) and ``counts.split``.
     """
-    store = TrainingStore.open(path)
-    store._acquire_lock()
-    try:
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        if "split" not in group:
-            raise StoreError(f"{path}: holds no split array")
-        array = cast("zarr.Array[Any]", group["split"])
-        if array.shape != split.shape:
-            raise StoreError(f"{path}: split has shape {array.shape}, got {split.shape}")
-        array[:] = split.astype(array.dtype)
-        meta = dict(cast(Mapping[str, Any], group.attrs["zarrforge"]))
-        meta["splits"] = {**dict(record), "reassigned": utc_now()}
-        meta["counts"] = {**dict(meta.get("counts", {})), "split": dict(counts)}
-        group.attrs["zarrforge"] = meta
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata is outside the v3 spec (zarr warns)
-            zarr.consolidate_metadata(str(path))
-    except OSError as e:
-        raise StoreError(f"{path}: rewriting the split failed: {e}") from e
-    finally:
-        store.close()
+    with TrainingStore.open(path).locked():
+        try:
+            group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+            if "split" not in group:
+                raise StoreError(f"{path}: holds no split array")
+            array = cast("zarr.Array[Any]", group["split"])
+            if array.shape != split.shape:
+                raise StoreError(f"{path}: split has shape {array.shape}, got {split.shape}")
+            array[:] = split.astype(array.dtype)
+            meta = dict(cast(Mapping[str, Any], group.attrs["zarrforge"]))
+            meta["splits"] = {**dict(record), "reassigned": utc_now()}
+            meta["counts"] = {**dict(meta.get("counts", {})), "split": dict(counts)}
+            group.attrs["zarrforge"] = meta
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # consolidated metadata is outside the v3 spec (zarr warns)
+                zarr.consolidate_metadata(str(path))
+        except OSError as e:
+            raise StoreError(f"{path}: rewriting the split failed: {e}") from e
 
 
 def levels_of(meta: Mapping[str, Any]) -> Sequence[int]:

@@ -20,7 +20,7 @@ from storage.sources._lazy import Hdf5Frames
 from storage.sources._paths import file_record
 from storage.sources._stack import ChunksLike, Member, chunk_spec, stack
 
-__all__ = ["contiguous_runs", "open_nxtomo"]
+__all__ = ["contiguous_runs", "open_nxtomo", "read_angles"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,12 @@ def _angle_paths(f: h5py.File, entry: str, data_path: str) -> Iterator[str]:
                 yield f"{g}/{n}"
 
 
-def _read_angles(f: h5py.File, entry: str, data_path: str, n: int) -> tuple[np.ndarray | None, str | None]:
-    """Rotation angles in degrees (one per frame) and where they were found, or (None, None)."""
+def read_angles(f: h5py.File, entry: str, data_path: str, n: int) -> tuple[np.ndarray | None, str | None]:
+    """Rotation angles in degrees (one per frame) and where they were found, or (None, None).
+
+    Looked for beside the frames, in the entry's sample, then in the NXdata groups (the one plotting these
+    frames first); radians are converted.
+    """
     for path in _angle_paths(f, entry, data_path):
         try:
             node = f[path]
@@ -211,7 +215,7 @@ def open_nxtomo(
                 continue
             found = (entry, data_path, key_path, data.file.filename, data.name, data.shape, data.dtype)
             image_key = np.rint(np.asarray(keys_node[()], dtype=np.float64)).astype(np.int64)
-            angles, angles_path = _read_angles(f, entry, data_path, data.shape[0])
+            angles, angles_path = read_angles(f, entry, data_path, data.shape[0])
             break
     if found is None:
         if first_error is not None:

@@ -24,7 +24,7 @@ from storage.sources._h5 import open_h5, resolve_node
 from storage.sources._lazy import Hdf5Frames, to_dask
 from storage.sources._paths import file_record
 from storage.sources._stack import chunk_spec
-from storage.sources.nexus import _read_angles, open_nxtomo
+from storage.sources.nexus import open_nxtomo, read_angles
 from storage.sources.tiff import TIFF_SUFFIXES, open_tiffs
 
 __all__ = ["SourceLayout", "frames_dataset", "open_scan", "source_layout"]
@@ -153,7 +153,7 @@ def open_scan(
         found = data_path or frames.attrs["dataset"]
         with open_h5(path) as f:  # angles beside the frames or in an NXdata group, as NXtomo files keep them
             entry = _entry_of(f, found)
-            values, angles_path = _read_angles(f, entry, found, n) if found in f else (None, None)
+            values, angles_path = read_angles(f, entry, found, n) if found in f else (None, None)
         scan = xr.Dataset(
             {"projections": frames.rename({"frame": "angle"}).variable},
             coords={"frame": ("angle", np.arange(n))},
